@@ -1,0 +1,12 @@
+//! Passes the linker script by absolute path, so the bare-metal link works from any
+//! directory cargo is invoked in.
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let script = std::path::Path::new(&dir).join("../linker.ld");
+    println!("cargo:rerun-if-changed={}", script.display());
+    if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-none") {
+        println!("cargo:rustc-link-arg-bins=-T{}", script.display());
+        println!("cargo:rustc-link-arg-bins=-zmax-page-size=4096");
+        println!("cargo:rustc-link-arg-bins=--no-pie");
+    }
+}

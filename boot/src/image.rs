@@ -1,0 +1,26 @@
+//! Where the linker put the image (symbols from `linker.ld`).
+
+use hypervisor::memory::Range;
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __pristine_start: u8;
+    static __pristine_end: u8;
+    static __image_end: u8;
+}
+
+fn addr(symbol: &u8) -> u64 {
+    symbol as *const u8 as u64
+}
+
+/// The whole loaded image: headers, code, data, `.bss` and stacks.
+pub fn whole() -> Range {
+    // SAFETY: linker-defined symbols; only their addresses are used.
+    unsafe { Range::new(addr(&__image_start), addr(&__image_end)) }
+}
+
+/// `.text`, `.rodata` and `.data`: what the pristine copy holds.
+pub fn pristine_payload() -> Range {
+    // SAFETY: as above.
+    unsafe { Range::new(addr(&__pristine_start), addr(&__pristine_end)) }
+}

@@ -1,0 +1,115 @@
+//! The hypervisor console on the real machine: the shell's [`Machine`] over what cold
+//! boot found, and the polling loop that feeds it keystrokes from COM1.
+
+use core::fmt::{self, Write};
+
+use hypervisor::acpi::PowerOff;
+use hypervisor::arch::{instructions, serial};
+use hypervisor::cmdline::Options;
+use hypervisor::console::line::{Event, LineEditor, MAX_LINE};
+use hypervisor::console::shell::{self, Machine};
+use hypervisor::cpu::CpuReport;
+use hypervisor::memory::{format_size, Layout};
+use hypervisor::triggers::Trigger;
+
+/// The console prompt. Scripts wait for it before typing.
+pub const PROMPT: &str = "lazarus> ";
+
+pub struct BootMachine {
+    pub layout: Layout,
+    pub cpu: CpuReport,
+    pub options: Options,
+    pub power_off: Option<PowerOff>,
+}
+
+impl Machine for BootMachine {
+    fn mem(&self, out: &mut dyn Write) -> fmt::Result {
+        for (class, range) in self.layout.classes() {
+            writeln!(
+                out,
+                "{:<9} {} {}",
+                class.as_str(),
+                range,
+                format_size(range.len())
+            )?;
+        }
+        let heap = crate::HEAP.lock();
+        writeln!(
+            out,
+            "heap-used {} of {}",
+            format_size(heap.used() as u64),
+            format_size(heap.size() as u64)
+        )?;
+        let free = &self.layout.free;
+        writeln!(
+            out,
+            "free      {} in {} ranges",
+            format_size(free.free_bytes()),
+            free.free_ranges().len()
+        )?;
+        writeln!(out, "usable    {}", format_size(self.layout.usable_total))
+    }
+
+    fn cpu(&self, out: &mut dyn Write) -> fmt::Result {
+        writeln!(out, "cpu: {}", self.cpu.identity)?;
+        match (&self.cpu.vmx, self.cpu.vmx_unavailable()) {
+            (_, Some(why)) => writeln!(out, "vmx: unavailable: {why}"),
+            (Ok(vmx), None) => writeln!(out, "vmx: {vmx}"),
+            (Err(_), None) => Ok(()),
+        }
+    }
+
+    fn triggers_enabled(&self) -> bool {
+        self.options.triggers
+    }
+
+    fn fire(&mut self, trigger: Trigger) {
+        log::warn!("trigger: firing '{}'", trigger.name());
+        hypervisor::triggers::fire(trigger);
+    }
+
+    fn shutdown(&mut self) {
+        crate::shutdown(self.power_off)
+    }
+}
+
+/// Reads lines from COM1 and runs them, forever (until `shutdown`).
+pub fn run_console(machine: &mut BootMachine) -> ! {
+    let mut editor = LineEditor::new();
+    serial::write_str(PROMPT);
+    loop {
+        let Some(byte) = serial::try_read_byte() else {
+            instructions::pause();
+            continue;
+        };
+        let mut reply: heapless::String<2048> = heapless::String::new();
+        match editor.feed(byte) {
+            Event::None => continue,
+            Event::Echo(bytes) => {
+                serial::write_bytes(bytes);
+                continue;
+            }
+            Event::Cancel => reply.push_str("^C\n").unwrap_or(()),
+            Event::TooLong => {
+                let _ = writeln!(
+                    reply,
+                    "\nerror: line too long (at most {MAX_LINE} characters)"
+                );
+            }
+            Event::Line(line) => {
+                serial::write_str("\n");
+                let result = match shell::parse(line) {
+                    Ok(Some(cmd)) => shell::execute(cmd, machine, &mut reply),
+                    Ok(None) => Ok(()),
+                    Err(e) => writeln!(reply, "{e}"),
+                };
+                if result.is_err() {
+                    reply.clear();
+                    let _ = writeln!(reply, "error: reply too long for the console buffer");
+                }
+            }
+        }
+        serial::write_str(&reply);
+        serial::write_str(PROMPT);
+    }
+}

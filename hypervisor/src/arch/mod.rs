@@ -1,0 +1,8 @@
+//! Everything that executes a privileged instruction or depends on the machine's layout.
+//! The rest of the crate reaches the hardware only through these modules.
+
+pub mod gdt;
+pub mod idt;
+pub mod instructions;
+pub mod power;
+pub mod serial;

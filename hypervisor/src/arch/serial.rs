@@ -1,0 +1,97 @@
+//! COM1, the physical serial console: every line the hypervisor prints and every key the
+//! operator types pass through here.
+//!
+//! Output is polled (host code runs with interrupts masked) and newlines become CR LF so
+//! that raw terminals and log files both read well.
+
+use spin::Mutex;
+use uart_16550::backend::PioBackend;
+use uart_16550::{BaudRate, Config, Uart16550};
+
+/// The legacy I/O base of COM1.
+pub const COM1: u16 = 0x3f8;
+
+struct Serial {
+    uart: Option<Uart16550<PioBackend>>,
+}
+
+static SERIAL: Mutex<Serial> = Mutex::new(Serial { uart: None });
+
+/// Programs COM1 (115200 8N1, FIFOs on). Returns false when no UART answers at COM1; the
+/// hypervisor still runs then, silently.
+pub fn init() -> bool {
+    // SAFETY: 0x3f8..0x3ff is the architectural COM1 range on PC-compatible machines, and this
+    // module is the only code that touches it (all access goes through `SERIAL`).
+    let Ok(mut uart) = (unsafe { Uart16550::new_port(COM1) }) else {
+        return false;
+    };
+    let config = Config {
+        baud_rate: BaudRate::Baud115200,
+        ..Config::DEFAULT
+    };
+    let ok = uart.init(config).is_ok();
+    SERIAL.lock().uart = ok.then_some(uart);
+    ok
+}
+
+/// Writes text, translating `\n` into `\r\n`.
+pub fn write_str(s: &str) {
+    let mut serial = SERIAL.lock();
+    if let Some(uart) = serial.uart.as_mut() {
+        for chunk in s.split_inclusive('\n') {
+            match chunk.strip_suffix('\n') {
+                Some(line) => {
+                    uart.send_bytes_exact(line.as_bytes());
+                    uart.send_bytes_exact(b"\r\n");
+                }
+                None => uart.send_bytes_exact(chunk.as_bytes()),
+            }
+        }
+    }
+}
+
+/// Writes raw bytes (no newline translation): echo of typed characters.
+pub fn write_bytes(bytes: &[u8]) {
+    if let Some(uart) = SERIAL.lock().uart.as_mut() {
+        uart.send_bytes_exact(bytes);
+    }
+}
+
+/// Waits until every byte written so far has left the UART (LSR bit 6, "transmitter
+/// empty", 16550 datasheet): called before powering off, so the last line is not cut.
+pub fn flush() {
+    if SERIAL.lock().uart.is_none() {
+        return;
+    }
+    for _ in 0..1_000_000 {
+        // SAFETY: reading the line status register of COM1 has no side effect on output.
+        if unsafe { super::instructions::inb(COM1 + 5) } & 0x40 != 0 {
+            return;
+        }
+        super::instructions::pause();
+    }
+}
+
+/// Returns a received byte if one is waiting.
+pub fn try_read_byte() -> Option<u8> {
+    SERIAL.lock().uart.as_mut()?.try_receive_byte().ok()
+}
+
+/// Forgets the lock: the failure path must print even if the failing code held it.
+///
+/// # Safety
+/// Only for the failure path, after every other CPU has stopped.
+pub unsafe fn force_unlock() {
+    // SAFETY: the caller guarantees no other holder is still running.
+    unsafe { SERIAL.force_unlock() };
+}
+
+/// A `core::fmt::Write` sink for `write!` to the console.
+pub struct Writer;
+
+impl core::fmt::Write for Writer {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        write_str(s);
+        Ok(())
+    }
+}

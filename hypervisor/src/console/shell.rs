@@ -1,0 +1,282 @@
+//! The hypervisor's command interpreter. Commands are parsed into [`Command`] and run
+//! against a [`Machine`], which `boot` implements over the real hardware and the unit
+//! tests implement over a fake, so every reply and error message is tested here.
+//!
+//! Every error reply is one line starting with `error: `.
+
+use core::fmt::{self, Write};
+
+use crate::cmdline::{level_name, parse_level};
+use crate::triggers::{self, Trigger};
+
+/// What a line asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Mem,
+    Cpu,
+    /// `log` shows the level, `log LEVEL` sets it.
+    Log(Option<log::LevelFilter>),
+    Shutdown,
+    Trigger(Trigger),
+}
+
+/// Why a line was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShellError<'a> {
+    UnknownCommand(&'a str),
+    UnexpectedArgument {
+        command: &'static str,
+        argument: &'a str,
+    },
+    MissingArgument {
+        command: &'static str,
+        expected: &'static str,
+    },
+    BadLevel(&'a str),
+    UnknownTrigger(&'a str),
+}
+
+impl fmt::Display for ShellError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownCommand(c) => {
+                write!(f, "error: unknown command '{c}' (type 'help' for the list)")
+            }
+            Self::UnexpectedArgument { command, argument } => {
+                write!(f, "error: {command}: unexpected argument '{argument}'")
+            }
+            Self::MissingArgument { command, expected } => {
+                write!(f, "error: {command}: missing argument ({expected})")
+            }
+            Self::BadLevel(l) => {
+                write!(f, "error: log: unknown level '{l}' (expected off, error, warn, info, debug or trace)")
+            }
+            Self::UnknownTrigger(t) => write!(
+                f,
+                "error: trigger: unknown kind '{t}' (one of: {})",
+                triggers::Names
+            ),
+        }
+    }
+}
+
+/// One line per command: the text of `help`.
+pub const HELP: &str = "\
+commands:
+  help            this list
+  mem             physical memory by class (image, pristine, arena, heap, free)
+  cpu             processor identity and VT-x capabilities
+  log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
+  trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud de bp
+  shutdown        power the machine off
+";
+
+/// Parses one line; `Ok(None)` for a blank line.
+pub fn parse(line: &str) -> Result<Option<Command>, ShellError<'_>> {
+    let mut words = line.split_ascii_whitespace();
+    let Some(name) = words.next() else {
+        return Ok(None);
+    };
+    let arg = words.next();
+    let extra = words.next();
+    let no_args = |command: &'static str, c: Command| match arg {
+        Some(argument) => Err(ShellError::UnexpectedArgument { command, argument }),
+        None => Ok(Some(c)),
+    };
+    let cmd = match name {
+        "help" | "?" => no_args("help", Command::Help),
+        "mem" => no_args("mem", Command::Mem),
+        "cpu" => no_args("cpu", Command::Cpu),
+        "shutdown" => no_args("shutdown", Command::Shutdown),
+        "log" => match arg {
+            None => Ok(Some(Command::Log(None))),
+            Some(level) => parse_level(level)
+                .map(|l| Some(Command::Log(Some(l))))
+                .ok_or(ShellError::BadLevel(level)),
+        },
+        "trigger" => match arg {
+            None => Err(ShellError::MissingArgument {
+                command: "trigger",
+                expected: "one of: panic pf gp ud de bp",
+            }),
+            Some(kind) => Trigger::from_name(kind)
+                .map(|t| Some(Command::Trigger(t)))
+                .ok_or(ShellError::UnknownTrigger(kind)),
+        },
+        other => return Err(ShellError::UnknownCommand(other)),
+    }?;
+    if let (Some(argument), Some(c)) = (extra, cmd) {
+        let command = match c {
+            Command::Log(_) => "log",
+            Command::Trigger(_) => "trigger",
+            _ => "command",
+        };
+        return Err(ShellError::UnexpectedArgument { command, argument });
+    }
+    Ok(cmd)
+}
+
+/// What the shell needs from the machine it runs on.
+pub trait Machine {
+    /// Writes the `mem` report.
+    fn mem(&self, out: &mut dyn Write) -> fmt::Result;
+    /// Writes the `cpu` report.
+    fn cpu(&self, out: &mut dyn Write) -> fmt::Result;
+    /// Whether `triggers=on` was given on the command line.
+    fn triggers_enabled(&self) -> bool;
+    /// Makes the failure happen (does not return on real hardware).
+    fn fire(&mut self, trigger: Trigger);
+    /// Powers off (does not return on real hardware).
+    fn shutdown(&mut self);
+}
+
+/// Runs `cmd`, writing its reply to `out`.
+pub fn execute(cmd: Command, machine: &mut dyn Machine, out: &mut dyn Write) -> fmt::Result {
+    match cmd {
+        Command::Help => out.write_str(HELP),
+        Command::Mem => machine.mem(out),
+        Command::Cpu => machine.cpu(out),
+        Command::Log(None) => writeln!(out, "log level: {}", level_name(log::max_level())),
+        Command::Log(Some(level)) => {
+            log::set_max_level(level);
+            writeln!(out, "log level: {}", level_name(level))
+        }
+        Command::Trigger(t) if !machine.triggers_enabled() => {
+            writeln!(
+                out,
+                "error: trigger {}: triggers are disabled (boot with triggers=on)",
+                t.name()
+            )
+        }
+        Command::Trigger(t) => {
+            writeln!(out, "trigger: {}", t.name())?;
+            machine.fire(t);
+            writeln!(
+                out,
+                "error: trigger {}: the failure did not happen",
+                t.name()
+            )
+        }
+        Command::Shutdown => {
+            machine.shutdown();
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::String;
+
+    #[derive(Default)]
+    struct Fake {
+        triggers: bool,
+        fired: Option<Trigger>,
+        shut_down: bool,
+    }
+
+    impl Machine for Fake {
+        fn mem(&self, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "image 1 MiB")
+        }
+        fn cpu(&self, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "cpu: test")
+        }
+        fn triggers_enabled(&self) -> bool {
+            self.triggers
+        }
+        fn fire(&mut self, t: Trigger) {
+            self.fired = Some(t);
+        }
+        fn shutdown(&mut self) {
+            self.shut_down = true;
+        }
+    }
+
+    fn run(line: &str, m: &mut Fake) -> String {
+        let mut out = String::new();
+        match parse(line) {
+            Ok(Some(c)) => execute(c, m, &mut out).unwrap(),
+            Ok(None) => {}
+            Err(e) => writeln!(out, "{e}").unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(parse("  "), Ok(None));
+        assert_eq!(parse("mem"), Ok(Some(Command::Mem)));
+        assert_eq!(parse(" cpu "), Ok(Some(Command::Cpu)));
+        assert_eq!(parse("log"), Ok(Some(Command::Log(None))));
+        assert_eq!(
+            parse("log debug"),
+            Ok(Some(Command::Log(Some(log::LevelFilter::Debug))))
+        );
+        assert_eq!(
+            parse("trigger ud"),
+            Ok(Some(Command::Trigger(Trigger::InvalidOpcode)))
+        );
+        assert_eq!(parse("shutdown"), Ok(Some(Command::Shutdown)));
+    }
+
+    #[test]
+    fn errors_are_one_line_and_named() {
+        let mut m = Fake::default();
+        assert_eq!(
+            run("frobnicate", &mut m),
+            "error: unknown command 'frobnicate' (type 'help' for the list)\n"
+        );
+        assert_eq!(
+            run("mem now", &mut m),
+            "error: mem: unexpected argument 'now'\n"
+        );
+        assert_eq!(
+            run("log loud", &mut m),
+            "error: log: unknown level 'loud' (expected off, error, warn, info, debug or trace)\n"
+        );
+        assert_eq!(
+            run("log info extra", &mut m),
+            "error: log: unexpected argument 'extra'\n"
+        );
+        assert_eq!(
+            run("trigger", &mut m),
+            "error: trigger: missing argument (one of: panic pf gp ud de bp)\n"
+        );
+        assert_eq!(
+            run("trigger boom", &mut m),
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp)\n"
+        );
+    }
+
+    #[test]
+    fn triggers_need_the_option() {
+        let mut m = Fake::default();
+        assert_eq!(
+            run("trigger ud", &mut m),
+            "error: trigger ud: triggers are disabled (boot with triggers=on)\n"
+        );
+        assert_eq!(m.fired, None);
+        let mut m = Fake {
+            triggers: true,
+            ..Default::default()
+        };
+        let out = run("trigger pf", &mut m);
+        assert_eq!(m.fired, Some(Trigger::PageFault));
+        assert!(out.starts_with("trigger: pf\n"));
+    }
+
+    #[test]
+    fn replies() {
+        let mut m = Fake::default();
+        assert!(run("help", &mut m).contains("shutdown        power the machine off"));
+        assert_eq!(run("mem", &mut m), "image 1 MiB\n");
+        assert_eq!(run("cpu", &mut m), "cpu: test\n");
+        run("shutdown", &mut m);
+        assert!(m.shut_down);
+        assert_eq!(run("log warn", &mut m), "log level: warn\n");
+        assert_eq!(run("log", &mut m), "log level: warn\n");
+    }
+}

@@ -1,0 +1,359 @@
+//! The end-to-end test harness: builds GRUB images of Lazarus, boots them in Bochs (the
+//! VT-x platform) or QEMU (the boot path without VT-x), and talks to the serial console
+//! over TCP, the way an operator or a campaign script would.
+//!
+//! Every run has hard time limits, keeps its serial transcript and emulator log under
+//! `target/e2e/<test name>/`, picks its own TCP port so runs can go in parallel, and
+//! kills its emulator when the test ends, whatever the outcome.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use regex::Regex;
+
+/// The console prompt (README, "Console").
+pub const PROMPT: &str = "lazarus> ";
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The directory for one test's files.
+pub fn work_dir(name: &str) -> PathBuf {
+    let dir = root().join("target/e2e").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the test's work directory");
+    dir
+}
+
+/// Which GRUB platforms an image carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    BiosOnly,
+    BiosAndUefi,
+}
+
+/// Builds (through `scripts/image`, exactly as a user would) an ISO with `cmdline`.
+pub fn image(dir: &Path, cmdline: &str, firmware: Firmware) -> PathBuf {
+    let iso = dir.join("lazarus.iso");
+    let mut cmd = Command::new(root().join("scripts/image"));
+    cmd.arg("--out").arg(&iso).arg("--cmdline").arg(cmdline);
+    if firmware == Firmware::BiosOnly {
+        cmd.arg("--bios-only");
+    }
+    let out = cmd.output().expect("run scripts/image");
+    assert!(
+        out.status.success(),
+        "scripts/image failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
+
+/// The emulator a test boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    /// Bochs 2.7, `corei7_skylake_x`: VT-x with EPT, VPID, unrestricted guest.
+    Bochs,
+    /// QEMU without KVM, SeaBIOS: no VT-x.
+    QemuBios,
+    /// QEMU without KVM, OVMF: no VT-x, UEFI GRUB.
+    QemuUefi,
+}
+
+/// A running emulator with its serial console connected.
+pub struct Machine {
+    child: Child,
+    stream: TcpStream,
+    transcript: File,
+    /// Console text received and not yet consumed by an `expect`.
+    pending: String,
+    /// Everything received, for failure messages.
+    seen: String,
+    dir: PathBuf,
+    eof: bool,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+const OVMF_PATHS: [&str; 3] = [
+    "/usr/share/ovmf/OVMF.fd",
+    "/usr/share/OVMF/OVMF.fd",
+    "/usr/share/qemu/OVMF.fd",
+];
+
+impl Machine {
+    /// Boots `iso` on `platform` with `memory_mib` of RAM and connects to COM1.
+    pub fn boot(dir: &Path, platform: Platform, iso: &Path, memory_mib: u32) -> Machine {
+        let port = free_port();
+        let emulator_log = File::create(dir.join("emulator.out")).expect("create emulator.out");
+        let mut cmd = match platform {
+            Platform::Bochs => {
+                let template = fs::read_to_string(root().join("scripts/lib/bochsrc.in"))
+                    .expect("read bochsrc.in");
+                let config = template
+                    .replace("@ISO@", &iso.display().to_string())
+                    .replace("@SERIAL_PORT@", &port.to_string())
+                    .replace("@MEGS@", &memory_mib.to_string())
+                    .replace("@LOG@", &dir.join("bochs.log").display().to_string());
+                fs::write(dir.join("bochsrc"), config).expect("write bochsrc");
+                fs::write(dir.join("continue.rc"), "c\n").expect("write continue.rc");
+                let mut c = Command::new("bochs");
+                c.arg("-q")
+                    .arg("-f")
+                    .arg(dir.join("bochsrc"))
+                    .arg("-rc")
+                    .arg(dir.join("continue.rc"));
+                c.env("TERM", "dumb");
+                c
+            }
+            Platform::QemuBios | Platform::QemuUefi => {
+                let mut c = Command::new("qemu-system-x86_64");
+                c.args([
+                    "-m",
+                    &memory_mib.to_string(),
+                    "-display",
+                    "none",
+                    "-no-reboot",
+                    "-monitor",
+                    "none",
+                ]);
+                c.arg("-cdrom").arg(iso);
+                c.arg("-serial")
+                    .arg(format!("tcp:127.0.0.1:{port},server=on,wait=on"));
+                if platform == Platform::QemuUefi {
+                    let ovmf = OVMF_PATHS
+                        .iter()
+                        .find(|p| Path::new(p).exists())
+                        .expect("OVMF.fd (Debian package ovmf)");
+                    c.args(["-bios", ovmf]);
+                }
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(emulator_log.try_clone().expect("dup log"))
+            .stderr(emulator_log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {platform:?}: {e}"));
+        let mut machine_child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    let child = machine_child.as_mut().expect("child");
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!(
+                            "{platform:?} exited ({status}) before its console was up; see {}",
+                            dir.display()
+                        );
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        panic!("could not connect to {platform:?}'s console on port {port}: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("set read timeout");
+        let transcript = File::create(dir.join("serial.log")).expect("create serial.log");
+        Machine {
+            child: machine_child.take().expect("child"),
+            stream,
+            transcript,
+            pending: String::new(),
+            seen: String::new(),
+            dir: dir.to_path_buf(),
+            eof: false,
+        }
+    }
+
+    /// Reads whatever arrived (up to 100 ms of waiting). Returns false at end of stream.
+    fn pump(&mut self) -> bool {
+        if self.eof {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        match self.stream.read(&mut buf) {
+            Ok(0) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                let _ = self.transcript.write_all(&buf[..n]);
+                let text: String = String::from_utf8_lossy(&buf[..n])
+                    .chars()
+                    .filter(|&c| c != '\r')
+                    .collect();
+                self.pending.push_str(&text);
+                self.seen.push_str(&text);
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                true
+            }
+            Err(_) => {
+                self.eof = true;
+                false
+            }
+        }
+    }
+
+    fn context(&self) -> String {
+        let tail: String = self
+            .seen
+            .chars()
+            .rev()
+            .take(3000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!(
+            "--- console (last 3000 chars; full log in {}) ---\n{tail}",
+            self.dir.display()
+        )
+    }
+
+    /// Waits for a complete line matching `pattern` (a regex) and returns its captures'
+    /// full text. Consumes the console up to and including that line.
+    pub fn expect_line(&mut self, pattern: &str, timeout: Duration) -> String {
+        let re = Regex::new(pattern).expect("valid pattern");
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(nl) = self.pending.find('\n') {
+                let line: String = self.pending[..nl].to_string();
+                self.pending.drain(..=nl);
+                if re.is_match(&line) {
+                    return line;
+                }
+            }
+            if Instant::now() > deadline || !self.pump() {
+                panic!(
+                    "no console line matching /{pattern}/ within {timeout:?}\n{}",
+                    self.context()
+                );
+            }
+        }
+    }
+
+    /// Like [`Machine::expect_line`], but also fails if a line matching `forbidden`
+    /// arrives first.
+    pub fn expect_line_not_after(
+        &mut self,
+        pattern: &str,
+        forbidden: &str,
+        timeout: Duration,
+    ) -> String {
+        let bad = Regex::new(forbidden).expect("valid pattern");
+        let line = self.expect_line(&format!("(?:{pattern})|(?:{forbidden})"), timeout);
+        assert!(
+            !bad.is_match(&line),
+            "unexpected console line before /{pattern}/: {line}\n{}",
+            self.context()
+        );
+        line
+    }
+
+    /// Waits for the prompt; returns the text before it (consumed).
+    pub fn wait_prompt(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.pending.find(PROMPT) {
+                let before = self.pending[..at].to_string();
+                self.pending.drain(..at + PROMPT.len());
+                return before;
+            }
+            if Instant::now() > deadline || !self.pump() {
+                panic!("no prompt within {timeout:?}\n{}", self.context());
+            }
+        }
+    }
+
+    /// Types `text` and Enter.
+    pub fn send_line(&mut self, text: &str) {
+        self.stream
+            .write_all(text.as_bytes())
+            .and_then(|_| self.stream.write_all(b"\r"))
+            .expect("write to console");
+    }
+
+    /// Runs a console command and returns its reply: the lines between the echoed
+    /// command and the next prompt.
+    pub fn command(&mut self, text: &str) -> String {
+        self.send_line(text);
+        let reply = self.wait_prompt(Duration::from_secs(30));
+        let reply = reply.strip_prefix(text).unwrap_or(&reply);
+        reply.trim_start_matches('\n').to_string()
+    }
+
+    /// Waits until the emulator exits on its own (the console closes first).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                while self.pump() {}
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the emulator did not exit within {timeout:?}\n{}",
+                    self.context()
+                );
+            }
+            if !self.pump() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Everything the console printed so far.
+    pub fn transcript(&self) -> &str {
+        &self.seen
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses a size as the console prints it ("584 KiB", "1.5 MiB", "8 MiB") into bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let (number, unit) = text.trim().split_once(' ')?;
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "B" => 1u64,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    Some((number * scale as f64) as u64)
+}
