@@ -11,6 +11,7 @@ use hypervisor::console::shell::{self, Machine};
 use hypervisor::cpu::CpuReport;
 use hypervisor::memory::{format_size, Layout};
 use hypervisor::triggers::Trigger;
+use hypervisor::vm::machine::Vms;
 
 /// The console prompt. Scripts wait for it before typing.
 pub const PROMPT: &str = "lazarus> ";
@@ -20,6 +21,8 @@ pub struct BootMachine {
     pub cpu: CpuReport,
     pub options: Options,
     pub power_off: Option<PowerOff>,
+    /// None when VMX could not be started (the console still works).
+    pub vms: Option<Vms>,
 }
 
 impl Machine for BootMachine {
@@ -71,15 +74,40 @@ impl Machine for BootMachine {
     fn shutdown(&mut self) {
         crate::shutdown(self.power_off)
     }
+
+    fn vm_list(&self, out: &mut dyn Write) -> fmt::Result {
+        match &self.vms {
+            Some(vms) => vms.list(out),
+            None => writeln!(out, "error: vm: VMX is not running"),
+        }
+    }
+
+    fn vm_stats(&self, name: &str, out: &mut dyn Write) -> fmt::Result {
+        match &self.vms {
+            Some(vms) => vms.stats(name, out),
+            None => writeln!(out, "error: vm: VMX is not running"),
+        }
+    }
+
+    fn vm_stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+        match &mut self.vms {
+            Some(vms) => vms.stop(name, out),
+            None => writeln!(out, "error: vm: VMX is not running"),
+        }
+    }
 }
 
-/// Reads lines from COM1 and runs them, forever (until `shutdown`).
+/// Runs the VMs and the console, forever (until `shutdown`): between two VM exits,
+/// one check for a typed byte.
 pub fn run_console(machine: &mut BootMachine) -> ! {
     let mut editor = LineEditor::new();
     serial::write_str(PROMPT);
     loop {
         let Some(byte) = serial::try_read_byte() else {
-            instructions::pause();
+            let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
+            if !ran {
+                instructions::pause();
+            }
             continue;
         };
         let mut reply: heapless::String<2048> = heapless::String::new();

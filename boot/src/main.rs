@@ -14,13 +14,14 @@ mod entry;
 mod image;
 mod machine;
 
-use hypervisor::arch::{gdt, idt, instructions, power, serial};
+use hypervisor::arch::{gdt, idt, instructions, pic, power, serial};
 use hypervisor::bootinfo::{self, BootInfo};
 use hypervisor::cmdline;
 use hypervisor::console::logger;
 use hypervisor::cpu;
 use hypervisor::failure;
 use hypervisor::memory::{self, format_size, LayoutRequest};
+use hypervisor::vm::machine::{module_bytes, Caps, Vms};
 use linked_list_allocator::LockedHeap;
 use log::{error, info, warn};
 
@@ -97,22 +98,75 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         error!("vt-x not available: {why}");
         shutdown(power_off);
     }
-    if let Ok(vmx) = &cpu.vmx {
-        info!("vmx: {vmx}");
-    }
+    let Ok(vmx) = &cpu.vmx else {
+        // vmx_unavailable() above covers this case; nothing else can reach here.
+        shutdown(power_off)
+    };
+    info!("vmx: {vmx}");
+    let (caps, dropped) = match Caps::from_probe(&cpu, vmx) {
+        Ok(caps) => caps,
+        Err(why) => {
+            error!("vt-x not available: {why}");
+            shutdown(power_off)
+        }
+    };
+    let c = &caps.controls;
+    info!(
+        "vmx: controls pin={:#x} proc={:#x} proc2={:#x} exit={:#x} entry={:#x} dropped={dropped}",
+        c.pin, c.proc, c.proc2, c.exit, c.entry
+    );
+    pic::remap_and_mask();
+    let mut layout = layout;
+    let vms = start_vms(&boot, &mut layout, caps);
 
     let mut machine = machine::BootMachine {
         layout,
         cpu,
         options,
         power_off,
+        vms,
     };
     if !options.console_input {
-        info!("ready: console input disabled (console=off); idle");
-        instructions::halt_forever();
+        info!("ready: console input disabled (console=off); running the VMs");
+        loop {
+            let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
+            if !ran {
+                instructions::pause();
+            }
+        }
     }
     info!("ready: type 'help' for commands");
     machine::run_console(&mut machine)
+}
+
+/// Turns VMX on, lays out the arena and creates a VM for every module that describes
+/// one. A module with a mistake gets one error line; the others still start.
+fn start_vms(boot: &BootInfo, layout: &mut memory::Layout, caps: Caps) -> Option<Vms> {
+    let modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> = boot
+        .modules
+        .iter()
+        .map(|m| memory::Range::new(m.start, m.end))
+        .collect();
+    let mut vms = match Vms::start(layout.arena, &mut layout.free, caps, &modules) {
+        Ok(vms) => vms,
+        Err(e) => {
+            error!("vmx: {e}; no VMs can run");
+            return None;
+        }
+    };
+    for (index, (m, range)) in boot.modules.iter().zip(&modules).enumerate() {
+        match vms.create(
+            index,
+            m.string.as_str(),
+            module_bytes(*range),
+            &mut layout.free,
+        ) {
+            Ok(_) => {}
+            Err((Some(name), e)) => error!("vm {name}: not created: {e}"),
+            Err((None, e)) => error!("vm: module {index} (\"{}\"): {e}", m.string.as_str()),
+        }
+    }
+    Some(vms)
 }
 
 /// Reads the MBI in place (identity-mapped) and parses it into plain data.

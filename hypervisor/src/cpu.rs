@@ -70,6 +70,12 @@ pub struct VmxMsrs {
     pub misc: u64,
     /// Zero when neither EPT nor VPID may be enabled.
     pub ept_vpid_cap: u64,
+    /// IA32_VMX_TRUE_EXIT_CTLS / TRUE_ENTRY_CTLS when IA32_VMX_BASIC bit 55 is set, else
+    /// the legacy MSRs (SDM Vol. 3D A.4, A.5).
+    pub exit: u64,
+    pub entry: u64,
+    /// IA32_VMX_CR0_FIXED0/1 and CR4_FIXED0/1 (A.7, A.8).
+    pub cr_fixed: [u64; 4],
 }
 
 /// What the VMX capability MSRs allow, decoded.
@@ -263,6 +269,8 @@ impl fmt::Display for CpuIdentity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CpuReport {
     pub identity: CpuIdentity,
+    /// The raw capability MSRs (all zero without VMX).
+    pub msrs: VmxMsrs,
     /// `Err` when CPUID has no VMX; the MSRs are not read then (they would #GP).
     pub vmx: Result<VmxReport, VmxUnavailable>,
 }
@@ -304,6 +312,7 @@ mod probe_impl {
             let vendor = identity.vendor.clone();
             return CpuReport {
                 identity,
+                msrs: VmxMsrs::default(),
                 vmx: Err(VmxUnavailable::NoVmx { vendor }),
             };
         }
@@ -337,6 +346,23 @@ mod probe_impl {
                 IA32_VMX_PROCBASED_CTLS
             });
             msrs.misc = rdmsr(IA32_VMX_MISC);
+            use crate::vmx::controls as c;
+            msrs.exit = rdmsr(if true_ctls {
+                c::IA32_VMX_TRUE_EXIT_CTLS
+            } else {
+                c::IA32_VMX_EXIT_CTLS
+            });
+            msrs.entry = rdmsr(if true_ctls {
+                c::IA32_VMX_TRUE_ENTRY_CTLS
+            } else {
+                c::IA32_VMX_ENTRY_CTLS
+            });
+            msrs.cr_fixed = [
+                rdmsr(c::IA32_VMX_CR0_FIXED0),
+                rdmsr(c::IA32_VMX_CR0_FIXED1),
+                rdmsr(c::IA32_VMX_CR4_FIXED0),
+                rdmsr(c::IA32_VMX_CR4_FIXED1),
+            ];
             if VmxMsrs::allows_secondary(msrs.procbased) {
                 msrs.procbased2 = rdmsr(IA32_VMX_PROCBASED_CTLS2);
                 if VmxMsrs::allows_ept_or_vpid(msrs.procbased2) {
@@ -346,6 +372,7 @@ mod probe_impl {
         }
         CpuReport {
             identity,
+            msrs,
             vmx: Ok(msrs.report()),
         }
     }
@@ -366,6 +393,7 @@ mod tests {
             procbased2: (0x0000_00ff_u64 << 32),
             misc: 0x5,
             ept_vpid_cap: (1 << 6) | (1 << 14) | (1 << 16) | (1 << 17) | (1 << 20) | (1 << 32),
+            ..Default::default()
         }
     }
 

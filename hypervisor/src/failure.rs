@@ -17,6 +17,12 @@ pub enum Failure<'a> {
         vector: u8,
         frame: &'a ExceptionFrame,
     },
+    /// A VMX instruction or VM entry failed: the hypervisor set something up wrong.
+    Vmx {
+        what: &'a str,
+        vm: &'a str,
+        error: crate::vmx::fields::VmxError,
+    },
 }
 
 /// The first line of the report: `hypervisor failure: ...` (documented in the README).
@@ -38,6 +44,10 @@ impl fmt::Display for Failure<'_> {
                     frame.error_code, frame.rip
                 )
             }
+            Failure::Vmx { what, vm, error } => write!(
+                f,
+                "hypervisor failure: vmx: {what} failed for vm {vm}: {error}"
+            ),
         }
     }
 }

@@ -7,10 +7,15 @@
 
 pub mod acpi;
 pub mod arch;
+pub mod arena;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod console;
 pub mod cpu;
+pub mod ept;
 pub mod failure;
+pub mod loader;
 pub mod memory;
 pub mod triggers;
+pub mod vm;
+pub mod vmx;

@@ -1,4 +1,197 @@
+//! The in-tree test guest: a small bare-metal program that runs as a Lazarus VM and does
+//! one thing per `mode=`, so that end-to-end tests can make a VM behave well, badly or
+//! hostilely on demand and read the outcome off the console.
+//!
+//! It starts as `abi::StartInfo` describes (64-bit, ring 0, interrupts off, guest RAM
+//! identity-mapped, RDI pointing at the start info) and trusts as little else as it can:
+//! it brings its own stack, zeroes its own .bss, and loads its own GDT, TSS and IDT before
+//! anything else, so that even an early fault is reported as a line rather than a silent
+//! triple fault.
+//!
+//! # Arguments
+//!
+//! `StartInfo::args` holds space-separated `key=value` words; unknown keys are ignored.
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `mode=` | `work`, `spin`, `hlt`, `wild-write`, `wild-read`, `triple-fault`, `user-hypercall` | `work` |
+//! | `iterations=K` | `work`: power off after K iterations (decimal) | run forever |
+//! | `burn=N` | `work`: N extra rounds of CPU work per iteration (decimal) | 0 |
+//! | `addr=0xHEX` | `wild-*`: the guest-physical target (hex, `0x` optional, below 2^52) | required |
+//!
+//! # Output
+//!
+//! Every line below is sent whole, with its `'\n'`, by one `console_write` (the hypervisor
+//! adds the VM's name in front). Numbers are decimal unless written `0x...`, which is
+//! lowercase hex: `0xHH` has exactly 2 digits, `0xHHHHHHHHHHHHHHHH` exactly 16, and
+//! `0x...` as many as needed without leading zeros. Results of hypercalls are printed as
+//! signed decimals (`-1` is `Error::Unknown`, `-2` `Fault`, `-3` `Invalid`, `-4`
+//! `Permission`). Text from outside (names, arguments, the CPU vendor) is printed with
+//! every byte that is not printable ASCII replaced by `?`.
+//!
+//! In every mode, first:
+//!
+//! * `start name=NAME id=ID mem=BYTES mode=MODE` (from the start info; MODE as given).
+//! * `error bad value KEY=VALUE`, then power-off, if `iterations=`, `burn=` or `addr=`
+//!   does not parse (or `mode=` is empty).
+//! * `error bad start-info magic=0xHHHHHHHHHHHHHHHH`, then power-off, *instead of* the
+//!   `start` line if the start info's magic is wrong.
+//!
+//! `mode=work`, in this order:
+//!
+//! * `cpuid vendor=VENDOR`: CPUID leaf 0's 12-byte vendor string as the VM sees it.
+//! * `io port=0x80 in=0xHH`: the byte read back from port 0x80 after writing 0x5a to it
+//!   (an unclaimed port should read `0xff`).
+//! * `msr 0x10 ok|gp`, then `msr 0xdeadbeef ok|gp`: whether RDMSR of IA32_TSC and of a
+//!   non-existent MSR completed (`ok`) or raised #GP (`gp`). Expected: `ok`, then `gp`.
+//! * `hypercall unknown=A fault=B invalid=C`: the results of hypercall number 99,
+//!   `console_write(0xffff_0000_0000, 16)` and `console_write` of CONSOLE_WRITE_MAX + 1
+//!   bytes inside RAM. Expected: `unknown=-1 fault=-2 invalid=-3`.
+//! * `identity id=ID name=NAME`: what `vm_identity` returned (ID, signed) and the name it
+//!   wrote into a 64-byte buffer (empty if it wrote none).
+//! * Then, for n = 1, 2, 3, ...: `seq=N sum=0xHHHHHHHHHHHHHHHH ok` when the checksum read
+//!   back equals the one computed while writing, else
+//!   `seq=N sum=0xHHHHHHHHHHHHHHHH expected=0xHHHHHHHHHHHHHHHH CORRUPT` (`sum` is what
+//!   was read back, `expected` what was written). In an `ok` line, `sum` must equal
+//!   `pattern_checksum(N)` below.
+//! * With `iterations=K`: `done seq=K` after line `seq=K`, then power-off (`done seq=0`
+//!   at once for K = 0).
+//!
+//! Other modes:
+//!
+//! * `spin`: `spinning`, then a tight loop with interrupts off and no VM exit.
+//! * `hlt`: `halting`, then CLI; HLT forever.
+//! * `wild-write`: `wild-write addr=0x...`, then an 8-byte write at guest-physical ADDR
+//!   (mapped through a window in PML4 slot 511); if the write completes,
+//!   `wild-write survived` and a spin loop. Without `addr=`: `error missing addr`, then
+//!   power-off.
+//! * `wild-read`: the same with a read: `wild-read addr=0x...`, then `wild-read survived`.
+//! * `triple-fault`: `triple-fault`, then INT3 with an empty IDT.
+//! * `user-hypercall`: `user-hypercall`; ring-3 code then calls `console_write` on the
+//!   text `user-hypercall leaked` (so that line appearing means the hypervisor let it
+//!   through), stores the result and executes UD2; the #UD handler prints
+//!   `user-hypercall result=N` (expected `-4`), or `user-hypercall result=none` if the
+//!   hypercall never returned, and halts.
+//! * Any other mode: `error unknown mode=MODE`, then power-off.
+//!
+//! At any time:
+//!
+//! * `exception vector=N rip=0x...`: an unexpected CPU exception (N decimal); the guest
+//!   then halts (CLI; HLT forever).
+//! * `panic at FILE:LINE:COL: MESSAGE`: a bug in the guest; it then halts.
+//!
+//! # The work checksum
+//!
+//! Iteration n fills a 64 KiB buffer with 8192 64-bit words from xorshift64 seeded with n:
+//! the state starts at n, each word is the new state after one step
+//! `x ^= x << 13; x ^= x >> 7; x ^= x << 17` (64-bit, shifts discard bits), and each word
+//! is stored little-endian. The checksum is 64-bit FNV-1a over the 65536 bytes in address
+//! order: `h = 0xcbf29ce484222325`, then for each byte `h = (h ^ byte) * 0x100000001b3`
+//! (wrapping). This is [`workload::pattern_checksum`]. Between writing and reading back,
+//! `burn=N` runs N x 8192 further xorshift64 steps, on registers only.
 #![no_std]
 #![no_main]
+
+mod args;
+mod console;
+mod cpu;
+mod exceptions;
+mod gdt;
+mod hypercall;
+mod modes;
+mod once;
+mod paging;
+mod usermode;
+mod workload;
+
+use abi::{StartInfo, START_INFO_MAGIC};
+use console::{until_nul, Text};
+
+const BOOT_STACK_BYTES: usize = 64 * 1024;
+
+// The entry point. Lazarus's RSP is not trusted (a test may give the VM odd RAM sizes),
+// so the stack is ours, in .bss. `rep stosb` zeroes .bss (the stack included, which is
+// still empty) without touching the stack; RDI, the start info, waits in R12.
+core::arch::global_asm!(
+    ".section .text.start, \"ax\"",
+    ".global _start",
+    "_start:",
+    "    lea rsp, [rip + lz_boot_stack_top]",
+    "    mov r12, rdi",
+    "    lea rdi, [rip + __bss_start]",
+    "    lea rcx, [rip + __bss_end]",
+    "    sub rcx, rdi",
+    "    xor eax, eax",
+    "    cld",
+    "    rep stosb",
+    "    mov rdi, r12",
+    "    xor ebp, ebp",
+    "    call {main}",
+    "lz_start_halt:",
+    "    cli",
+    "    hlt",
+    "    jmp lz_start_halt",
+    "",
+    ".section .bss.lz_boot_stack, \"aw\", @nobits",
+    ".balign 16",
+    "    .skip {stack_bytes}",
+    "lz_boot_stack_top:",
+    main = sym main,
+    stack_bytes = const BOOT_STACK_BYTES,
+);
+
+extern "sysv64" fn main(info: &'static StartInfo) -> ! {
+    gdt::init();
+    exceptions::init();
+
+    if info.magic != START_INFO_MAGIC {
+        println!("error bad start-info magic=0x{:016x}", info.magic);
+        hypercall::power_off();
+    }
+    let args = args::parse(until_nul(&info.args));
+    println!(
+        "start name={} id={} mem={} mode={}",
+        Text(until_nul(&info.name)),
+        info.vm_id,
+        info.mem_size,
+        Text(args.mode)
+    );
+    if let Some(bad) = args.bad {
+        println!("error bad value {}={}", Text(bad.key), Text(bad.value));
+        hypercall::power_off();
+    }
+
+    match args.mode {
+        b"work" => modes::work(&args),
+        b"spin" => modes::spin(),
+        b"hlt" => modes::halt(),
+        b"wild-write" | b"wild-read" => {
+            let Some(addr) = args.addr else {
+                println!("error missing addr");
+                hypercall::power_off();
+            };
+            modes::wild(args.mode == b"wild-write", addr)
+        }
+        b"triple-fault" => modes::triple_fault(),
+        b"user-hypercall" => usermode::run(),
+        other => {
+            println!("error unknown mode={}", Text(other));
+            hypercall::power_off();
+        }
+    }
+}
+
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    match info.location() {
+        Some(at) => println!(
+            "panic at {}:{}:{}: {}",
+            at.file(),
+            at.line(),
+            at.column(),
+            info.message()
+        ),
+        None => println!("panic at ?: {}", info.message()),
+    }
+    cpu::halt_forever()
+}

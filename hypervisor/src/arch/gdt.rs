@@ -15,6 +15,16 @@ pub const MAX_CPUS: usize = 8;
 /// the same index the 32-bit entry code's temporary GDT uses.
 pub const KERNEL_CODE_SELECTOR: u16 = 0x08;
 
+/// Selector of the TSS: the descriptor after code and data (16 bytes, two slots).
+pub const TSS_SELECTOR: u16 = 0x18;
+
+/// Linear address of CPU `cpu`'s TSS (for the VMCS host-state area), 0 before `load`.
+pub fn tss_base(cpu: usize) -> u64 {
+    TSS[cpu]
+        .get()
+        .map_or(0, |t| t as *const TaskStateSegment as u64)
+}
+
 /// IST slots (1-based, as the IDT gate's IST field counts them).
 pub const IST_DOUBLE_FAULT: u8 = 1;
 pub const IST_NMI: u8 = 2;
@@ -60,6 +70,7 @@ pub fn load(cpu: usize) {
         (gdt, code, tss_selector)
     });
     debug_assert_eq!(code.0, KERNEL_CODE_SELECTOR);
+    debug_assert_eq!(tss_selector.0, TSS_SELECTOR);
     gdt.load();
     let null = SegmentSelector(0);
     // SAFETY: the GDT just loaded holds a valid 64-bit code segment at `code` and a valid

@@ -4,5 +4,8 @@
 pub mod gdt;
 pub mod idt;
 pub mod instructions;
+pub mod pic;
 pub mod power;
 pub mod serial;
+pub mod vmentry;
+pub mod vmx;

@@ -11,7 +11,7 @@ use crate::triggers::{self, Trigger};
 
 /// What a line asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum Command<'a> {
     Help,
     Mem,
     Cpu,
@@ -19,6 +19,9 @@ pub enum Command {
     Log(Option<log::LevelFilter>),
     Shutdown,
     Trigger(Trigger),
+    VmList,
+    VmStats(&'a str),
+    VmStop(&'a str),
 }
 
 /// Why a line was refused.
@@ -35,6 +38,7 @@ pub enum ShellError<'a> {
     },
     BadLevel(&'a str),
     UnknownTrigger(&'a str),
+    UnknownVmCommand(&'a str),
 }
 
 impl fmt::Display for ShellError<'_> {
@@ -57,6 +61,12 @@ impl fmt::Display for ShellError<'_> {
                 "error: trigger: unknown kind '{t}' (one of: {})",
                 triggers::Names
             ),
+            Self::UnknownVmCommand(c) => {
+                write!(
+                    f,
+                    "error: vm: unknown subcommand '{c}' (list, stats NAME, stop NAME)"
+                )
+            }
         }
     }
 }
@@ -69,18 +79,21 @@ commands:
   cpu             processor identity and VT-x capabilities
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud de bp
+  vm list         every VM: state, exits, CPU share, memory
+  vm stats NAME   a VM's counters and its exits by reason
+  vm stop NAME    stop a VM for good
   shutdown        power the machine off
 ";
 
 /// Parses one line; `Ok(None)` for a blank line.
-pub fn parse(line: &str) -> Result<Option<Command>, ShellError<'_>> {
+pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
     let mut words = line.split_ascii_whitespace();
     let Some(name) = words.next() else {
         return Ok(None);
     };
     let arg = words.next();
     let extra = words.next();
-    let no_args = |command: &'static str, c: Command| match arg {
+    let no_args = |command: &'static str, c: Command<'static>| match arg {
         Some(argument) => Err(ShellError::UnexpectedArgument { command, argument }),
         None => Ok(Some(c)),
     };
@@ -104,6 +117,28 @@ pub fn parse(line: &str) -> Result<Option<Command>, ShellError<'_>> {
                 .map(|t| Some(Command::Trigger(t)))
                 .ok_or(ShellError::UnknownTrigger(kind)),
         },
+        "vm" => {
+            let name = |command: &'static str| {
+                extra.ok_or(ShellError::MissingArgument {
+                    command,
+                    expected: "a VM name",
+                })
+            };
+            let cmd = match arg {
+                None | Some("list") => Command::VmList,
+                Some("stats") => Command::VmStats(name("vm stats")?),
+                Some("stop") => Command::VmStop(name("vm stop")?),
+                Some(other) => return Err(ShellError::UnknownVmCommand(other)),
+            };
+            let limit = if matches!(cmd, Command::VmList) { 2 } else { 3 };
+            if let Some(argument) = line.split_ascii_whitespace().nth(limit) {
+                return Err(ShellError::UnexpectedArgument {
+                    command: "vm",
+                    argument,
+                });
+            }
+            return Ok(Some(cmd));
+        }
         other => return Err(ShellError::UnknownCommand(other)),
     }?;
     if let (Some(argument), Some(c)) = (extra, cmd) {
@@ -129,10 +164,14 @@ pub trait Machine {
     fn fire(&mut self, trigger: Trigger);
     /// Powers off (does not return on real hardware).
     fn shutdown(&mut self);
+    /// `vm list`, `vm stats NAME`, `vm stop NAME`.
+    fn vm_list(&self, out: &mut dyn Write) -> fmt::Result;
+    fn vm_stats(&self, name: &str, out: &mut dyn Write) -> fmt::Result;
+    fn vm_stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result;
 }
 
 /// Runs `cmd`, writing its reply to `out`.
-pub fn execute(cmd: Command, machine: &mut dyn Machine, out: &mut dyn Write) -> fmt::Result {
+pub fn execute(cmd: Command<'_>, machine: &mut dyn Machine, out: &mut dyn Write) -> fmt::Result {
     match cmd {
         Command::Help => out.write_str(HELP),
         Command::Mem => machine.mem(out),
@@ -162,6 +201,9 @@ pub fn execute(cmd: Command, machine: &mut dyn Machine, out: &mut dyn Write) -> 
             machine.shutdown();
             Ok(())
         }
+        Command::VmList => machine.vm_list(out),
+        Command::VmStats(name) => machine.vm_stats(name, out),
+        Command::VmStop(name) => machine.vm_stop(name, out),
     }
 }
 
@@ -175,6 +217,7 @@ mod tests {
         triggers: bool,
         fired: Option<Trigger>,
         shut_down: bool,
+        stopped: Option<String>,
     }
 
     impl Machine for Fake {
@@ -192,6 +235,16 @@ mod tests {
         }
         fn shutdown(&mut self) {
             self.shut_down = true;
+        }
+        fn vm_list(&self, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "a id=1 state=running")
+        }
+        fn vm_stats(&self, name: &str, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "{name} exits=0")
+        }
+        fn vm_stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+            self.stopped = Some(name.into());
+            writeln!(out, "vm {name}: stopped")
         }
     }
 
@@ -248,6 +301,32 @@ mod tests {
         assert_eq!(
             run("trigger boom", &mut m),
             "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp)\n"
+        );
+    }
+
+    #[test]
+    fn vm_commands() {
+        let mut m = Fake::default();
+        assert_eq!(parse("vm"), Ok(Some(Command::VmList)));
+        assert_eq!(parse("vm list"), Ok(Some(Command::VmList)));
+        assert_eq!(parse("vm stats a"), Ok(Some(Command::VmStats("a"))));
+        assert_eq!(run("vm stop web", &mut m), "vm web: stopped\n");
+        assert_eq!(m.stopped.as_deref(), Some("web"));
+        assert_eq!(
+            run("vm stats", &mut m),
+            "error: vm stats: missing argument (a VM name)\n"
+        );
+        assert_eq!(
+            run("vm reboot x", &mut m),
+            "error: vm: unknown subcommand 'reboot' (list, stats NAME, stop NAME)\n"
+        );
+        assert_eq!(
+            run("vm list x", &mut m),
+            "error: vm: unexpected argument 'x'\n"
+        );
+        assert_eq!(
+            run("vm stop a b", &mut m),
+            "error: vm: unexpected argument 'b'\n"
         );
     }
 

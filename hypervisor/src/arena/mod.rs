@@ -1,0 +1,712 @@
+//! The arena: the preserved region that holds everything a VM needs to survive a
+//! microreboot of the hypervisor (DESIGN 3).
+//!
+//! Its rules are what make recovery possible, so the types here keep them by
+//! construction: every record is `#[repr(C)]` plain data (integers, fixed arrays,
+//! physical addresses; no pointers into the image or the heap, no enums whose invalid
+//! values would be undefined behaviour to read back), the location and size are fixed
+//! at cold boot, the header carries a magic, a layout version, a boot generation and a
+//! checksum of the parts that never change, and [`ArenaRoot::validate`] checks all of it
+//! so that a new instance can decide what to trust.
+//!
+//! Layout: the [`ArenaRoot`] (header, page bitmap, VM table) occupies the first pages;
+//! the remaining pages are handed out one at a time by the bitmap for VMCS pages, XSAVE
+//! areas and EPT tables.
+
+pub mod lock;
+pub mod pages;
+
+use core::fmt;
+
+pub use lock::ArenaLock;
+pub use pages::{PageBitmap, PageError, MAX_PAGES};
+
+use crate::vmx::exit::ExitReason;
+use crate::vmx::fields::GuestRegisters;
+
+/// "LZARENA1".
+pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"LZARENA1");
+/// Bumped whenever any `#[repr(C)]` type in the arena changes shape.
+pub const LAYOUT_VERSION: u32 = 1;
+/// How many VMs the table holds.
+pub const MAX_VMS: usize = 8;
+/// Longest VM name (bytes, ASCII).
+pub const NAME_LEN: usize = 16;
+/// The guest-visible argument string of a VM (module words Lazarus did not interpret).
+pub const ARGS_LEN: usize = 256;
+/// Why a VM stopped, as text for `vm list`.
+pub const REASON_LEN: usize = 96;
+/// One console line being assembled from a VM's `console_write` calls.
+pub const CONSOLE_LINE: usize = 160;
+
+const PAGE: u64 = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaHeader {
+    pub magic: u64,
+    pub layout_version: u32,
+    /// `size_of::<ArenaRoot>()` of the instance that created the arena.
+    pub root_size: u32,
+    /// Physical base and size, as chosen at cold boot.
+    pub base: u64,
+    pub size: u64,
+    /// FNV-1a of the fields above: they never change after cold boot.
+    pub fixed_checksum: u64,
+    /// Incremented by every boot of the hypervisor (cold or recovery).
+    pub generation: u64,
+    /// Incremented by every recovery.
+    pub recovery_count: u64,
+}
+
+impl ArenaHeader {
+    fn compute_checksum(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.u64(self.magic);
+        h.u64(u64::from(self.layout_version));
+        h.u64(u64::from(self.root_size));
+        h.u64(self.base);
+        h.u64(self.size);
+        h.finish()
+    }
+}
+
+/// A VM's lifecycle state, stored as a raw `u32` in the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum VmState {
+    /// Slot unused.
+    Free = 0,
+    /// Ready to run or running.
+    Runnable = 1,
+    /// Executed HLT with nothing to wake it.
+    Halted = 2,
+    /// Stopped by the hypervisor (a fault, `vm stop`); `stop_reason` says why.
+    Stopped = 3,
+    /// Powered itself off.
+    Off = 4,
+}
+
+impl VmState {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            0 => Self::Free,
+            1 => Self::Runnable,
+            2 => Self::Halted,
+            3 => Self::Stopped,
+            4 => Self::Off,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Runnable => "running",
+            Self::Halted => "halted",
+            Self::Stopped => "stopped",
+            Self::Off => "off",
+        }
+    }
+}
+
+/// What to do when the guest triple-faults.
+pub const ON_TRIPLE_FAULT_STOP: u32 = 0;
+pub const ON_TRIPLE_FAULT_RESET: u32 = 1;
+
+/// How the VM was configured: never changes while the VM exists (checksummed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Index of the GRUB module holding the guest image.
+    pub module_index: u32,
+    pub on_triple_fault: u32,
+    /// Guest RAM: host-physical range, mapped at guest-physical 0.
+    pub ram_start: u64,
+    pub ram_size: u64,
+    pub entry: u64,
+    pub args: [u8; ARGS_LEN],
+}
+
+/// Progress of the exit being handled (DESIGN 4, "A VM exit is a transaction").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Journal {
+    /// [`Phase`] as a raw value.
+    pub phase: u32,
+    pub exit_reason: u32,
+    /// Number of the exit being or last handled.
+    pub exit_seq: u64,
+    /// Guest RIP when the exit happened (what a rolled-back exit re-executes).
+    pub rip_at_exit: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Phase {
+    /// The vCPU is in (or about to enter) the guest.
+    InGuest = 0,
+    /// An exit is being handled; nothing is committed yet.
+    Handling = 1,
+    /// The exit's effect is committed; the next step is VM entry.
+    Committed = 2,
+}
+
+impl Phase {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            0 => Self::InGuest,
+            1 => Self::Handling,
+            2 => Self::Committed,
+            _ => return None,
+        })
+    }
+}
+
+/// MSRs that the guest uses directly (pass-through) and that the VMCS does not switch,
+/// so the scheduler swaps them between VMs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwappedMsrs {
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub sfmask: u64,
+    pub kernel_gs_base: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuRecord {
+    /// Host-physical address of the VMCS (an arena page).
+    pub vmcs: u64,
+    /// Host-physical address of the XSAVE area (an arena page).
+    pub xsave: u64,
+    /// Whether VMLAUNCH succeeded since the last VMCLEAR (next entry is VMRESUME).
+    pub launched: u32,
+    /// Physical CPU the vCPU last ran on.
+    pub cpu: u32,
+    pub regs: GuestRegisters,
+    pub journal: Journal,
+    /// The guest's XCR0 (set by XSETBV).
+    pub xcr0: u64,
+    /// Whether the XSAVE area holds this vCPU's state (it is not live in the registers).
+    pub fpu_saved: u32,
+    pub _pad: u32,
+    pub msrs: SwappedMsrs,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmStats {
+    pub exits: u64,
+    pub by_reason: [u64; ExitReason::COUNT],
+    /// TSC ticks spent in guest mode (including exit handling on its behalf).
+    pub guest_tsc: u64,
+    pub unclaimed_io: u64,
+    pub unknown_msr: u64,
+    pub hypercalls: u64,
+    pub hypercall_errors: u64,
+}
+
+impl Default for VmStats {
+    fn default() -> Self {
+        Self {
+            exits: 0,
+            by_reason: [0; ExitReason::COUNT],
+            guest_tsc: 0,
+            unclaimed_io: 0,
+            unknown_msr: 0,
+            hypercalls: 0,
+            hypercall_errors: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmRecord {
+    /// [`VmState`] as a raw value.
+    pub state: u32,
+    pub id: u32,
+    /// ASCII, NUL-padded.
+    pub name: [u8; NAME_LEN],
+    pub config: VmConfig,
+    /// FNV-1a of `id`, `name` and `config`.
+    pub config_checksum: u64,
+    /// Host-physical address of the EPT PML4 (an arena page); 0 when none.
+    pub ept_root: u64,
+    pub vcpu: VcpuRecord,
+    pub stats: VmStats,
+    /// ASCII, NUL-padded.
+    pub stop_reason: [u8; REASON_LEN],
+    pub console_len: u32,
+    pub console: [u8; CONSOLE_LINE],
+}
+
+impl VmRecord {
+    pub const EMPTY: Self = Self {
+        state: VmState::Free as u32,
+        id: 0,
+        name: [0; NAME_LEN],
+        config: VmConfig {
+            module_index: 0,
+            on_triple_fault: ON_TRIPLE_FAULT_STOP,
+            ram_start: 0,
+            ram_size: 0,
+            entry: 0,
+            args: [0; ARGS_LEN],
+        },
+        config_checksum: 0,
+        ept_root: 0,
+        vcpu: VcpuRecord {
+            vmcs: 0,
+            xsave: 0,
+            launched: 0,
+            cpu: 0,
+            regs: GuestRegisters {
+                rax: 0,
+                rbx: 0,
+                rcx: 0,
+                rdx: 0,
+                rsi: 0,
+                rdi: 0,
+                rbp: 0,
+                r8: 0,
+                r9: 0,
+                r10: 0,
+                r11: 0,
+                r12: 0,
+                r13: 0,
+                r14: 0,
+                r15: 0,
+                cr2: 0,
+            },
+            journal: Journal {
+                phase: 0,
+                exit_reason: 0,
+                exit_seq: 0,
+                rip_at_exit: 0,
+            },
+            xcr0: 1,
+            fpu_saved: 0,
+            _pad: 0,
+            msrs: SwappedMsrs {
+                star: 0,
+                lstar: 0,
+                cstar: 0,
+                sfmask: 0,
+                kernel_gs_base: 0,
+            },
+        },
+        stats: VmStats {
+            exits: 0,
+            by_reason: [0; ExitReason::COUNT],
+            guest_tsc: 0,
+            unclaimed_io: 0,
+            unknown_msr: 0,
+            hypercalls: 0,
+            hypercall_errors: 0,
+        },
+        stop_reason: [0; REASON_LEN],
+        console_len: 0,
+        console: [0; CONSOLE_LINE],
+    };
+
+    pub fn state(&self) -> Option<VmState> {
+        VmState::from_raw(self.state)
+    }
+
+    pub fn set_state(&mut self, state: VmState) {
+        self.state = state as u32;
+    }
+
+    pub fn name(&self) -> &str {
+        text(&self.name)
+    }
+
+    pub fn stop_reason(&self) -> &str {
+        text(&self.stop_reason)
+    }
+
+    pub fn args(&self) -> &str {
+        text(&self.config.args)
+    }
+
+    /// Records why the VM stopped (truncated to fit).
+    pub fn set_stop_reason(&mut self, reason: fmt::Arguments) {
+        let mut w = FixedWriter {
+            buf: &mut self.stop_reason,
+            len: 0,
+        };
+        let _ = fmt::write(&mut w, reason);
+        let len = w.len;
+        self.stop_reason[len..].fill(0);
+    }
+
+    pub fn compute_config_checksum(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.u64(u64::from(self.id));
+        h.bytes(&self.name);
+        h.u64(u64::from(self.config.module_index));
+        h.u64(u64::from(self.config.on_triple_fault));
+        h.u64(self.config.ram_start);
+        h.u64(self.config.ram_size);
+        h.u64(self.config.entry);
+        h.bytes(&self.config.args);
+        h.finish()
+    }
+
+    pub fn seal_config(&mut self) {
+        self.config_checksum = self.compute_config_checksum();
+    }
+}
+
+/// The NUL-terminated ASCII text in `bytes` ("" if it is not ASCII).
+pub fn text(bytes: &[u8]) -> &str {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    match core::str::from_utf8(&bytes[..len]) {
+        Ok(s) if s.is_ascii() => s,
+        _ => "",
+    }
+}
+
+/// Copies `s` into a NUL-padded field; false if it does not fit (leaving room for a NUL).
+pub fn set_text(field: &mut [u8], s: &str) -> bool {
+    if s.len() >= field.len() {
+        return false;
+    }
+    field.fill(0);
+    field[..s.len()].copy_from_slice(s.as_bytes());
+    true
+}
+
+struct FixedWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for FixedWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len().saturating_sub(self.len + 1);
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Everything at the start of the arena.
+#[repr(C)]
+pub struct ArenaRoot {
+    pub header: ArenaHeader,
+    /// Guards the VM table and the page bitmap.
+    pub lock: ArenaLock,
+    pub pages: PageBitmap,
+    pub vms: [VmRecord; MAX_VMS],
+    /// Next VM id to hand out.
+    pub next_vm_id: u32,
+    pub _pad: u32,
+    /// The I/O bitmaps A and B and the MSR bitmap shared by every VMCS (arena pages).
+    pub io_bitmaps: [u64; 2],
+    pub msr_bitmap: u64,
+}
+
+/// Why the arena cannot be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArenaError {
+    BadMagic(u64),
+    BadVersion(u32),
+    BadRootSize {
+        recorded: u32,
+        expected: u32,
+    },
+    Moved {
+        recorded_base: u64,
+        recorded_size: u64,
+    },
+    BadChecksum,
+    TooSmall {
+        size: u64,
+        needed: u64,
+    },
+    Pages(PageError),
+    BadVmState {
+        slot: usize,
+        raw: u32,
+    },
+    BadVmConfig {
+        slot: usize,
+    },
+    BadVmName {
+        slot: usize,
+    },
+    PageNotOwned {
+        slot: usize,
+        what: &'static str,
+        addr: u64,
+    },
+    RamOutOfBounds {
+        slot: usize,
+    },
+    RamOverlap {
+        a: usize,
+        b: usize,
+    },
+    DuplicateName {
+        a: usize,
+        b: usize,
+    },
+    BadJournal {
+        slot: usize,
+    },
+}
+
+impl fmt::Display for ArenaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadMagic(m) => write!(f, "bad magic {m:#018x}"),
+            Self::BadVersion(v) => {
+                write!(f, "layout version {v}, this build uses {LAYOUT_VERSION}")
+            }
+            Self::BadRootSize { recorded, expected } => {
+                write!(f, "root size {recorded}, this build uses {expected}")
+            }
+            Self::Moved {
+                recorded_base,
+                recorded_size,
+            } => {
+                write!(f, "arena recorded at {recorded_base:#x} size {recorded_size:#x}, expected elsewhere")
+            }
+            Self::BadChecksum => f.write_str("header checksum mismatch"),
+            Self::TooSmall { size, needed } => {
+                write!(f, "arena of {size} bytes, needs at least {needed}")
+            }
+            Self::Pages(e) => write!(f, "{e}"),
+            Self::BadVmState { slot, raw } => write!(f, "vm slot {slot}: invalid state {raw}"),
+            Self::BadVmConfig { slot } => {
+                write!(f, "vm slot {slot}: configuration checksum mismatch")
+            }
+            Self::BadVmName { slot } => write!(f, "vm slot {slot}: invalid name"),
+            Self::PageNotOwned { slot, what, addr } => {
+                write!(
+                    f,
+                    "vm slot {slot}: {what} at {addr:#x} is not an allocated arena page"
+                )
+            }
+            Self::RamOutOfBounds { slot } => {
+                write!(f, "vm slot {slot}: guest RAM range is invalid")
+            }
+            Self::RamOverlap { a, b } => write!(f, "vm slots {a} and {b}: guest RAM overlaps"),
+            Self::DuplicateName { a, b } => write!(f, "vm slots {a} and {b}: same name"),
+            Self::BadJournal { slot } => write!(f, "vm slot {slot}: invalid journal phase"),
+        }
+    }
+}
+
+/// Whether a VM name is acceptable: 1-15 characters of `a-z 0-9 - _`, not "lazarus".
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < NAME_LEN
+        && name != "lazarus"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl ArenaRoot {
+    /// Pages the root itself occupies.
+    pub const fn root_pages() -> u64 {
+        (core::mem::size_of::<ArenaRoot>() as u64).div_ceil(PAGE)
+    }
+
+    /// Initialises a fresh arena at cold boot. `self` must be the start of the region.
+    pub fn init(&mut self, base: u64, size: u64) -> Result<(), ArenaError> {
+        let needed = (Self::root_pages() + 4) * PAGE;
+        if size < needed {
+            return Err(ArenaError::TooSmall { size, needed });
+        }
+        self.header = ArenaHeader {
+            magic: ARENA_MAGIC,
+            layout_version: LAYOUT_VERSION,
+            root_size: core::mem::size_of::<ArenaRoot>() as u32,
+            base,
+            size,
+            fixed_checksum: 0,
+            generation: 1,
+            recovery_count: 0,
+        };
+        self.header.fixed_checksum = self.header.compute_checksum();
+        self.lock = ArenaLock::new();
+        self.pages.init(size / PAGE);
+        self.pages
+            .reserve(0, Self::root_pages())
+            .map_err(ArenaError::Pages)?;
+        self.vms = [VmRecord::EMPTY; MAX_VMS];
+        self.next_vm_id = 1;
+        self.io_bitmaps = [0; 2];
+        self.msr_bitmap = 0;
+        Ok(())
+    }
+
+    /// Allocates a zeroed-on-use page: returns its host-physical address. The caller
+    /// zeroes it (the arena code never dereferences physical addresses).
+    pub fn alloc_page(&mut self) -> Option<u64> {
+        self.pages.allocate().map(|i| self.header.base + i * PAGE)
+    }
+
+    pub fn free_page(&mut self, addr: u64) -> Result<(), PageError> {
+        self.pages
+            .free(self.page_index(addr).ok_or(PageError::OutOfRange(addr))?)
+    }
+
+    fn page_index(&self, addr: u64) -> Option<u64> {
+        let offset = addr.checked_sub(self.header.base)?;
+        (offset % PAGE == 0 && offset < self.header.size).then_some(offset / PAGE)
+    }
+
+    /// Whether `addr` is an allocated page of the arena's pool (not the root).
+    pub fn owns_page(&self, addr: u64) -> bool {
+        self.page_index(addr)
+            .is_some_and(|i| i >= Self::root_pages() && self.pages.is_allocated(i))
+    }
+
+    /// The slot index of the VM called `name`.
+    pub fn find_vm(&self, name: &str) -> Option<usize> {
+        self.vms
+            .iter()
+            .position(|vm| vm.state != VmState::Free as u32 && vm.name() == name)
+    }
+
+    pub fn free_slot(&self) -> Option<usize> {
+        self.vms
+            .iter()
+            .position(|vm| vm.state == VmState::Free as u32)
+    }
+
+    /// Checks everything that can be checked without touching guest memory.
+    pub fn validate(&self, base: u64, size: u64) -> Result<(), ArenaError> {
+        let h = &self.header;
+        if h.magic != ARENA_MAGIC {
+            return Err(ArenaError::BadMagic(h.magic));
+        }
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(ArenaError::BadVersion(h.layout_version));
+        }
+        let expected = core::mem::size_of::<ArenaRoot>() as u32;
+        if h.root_size != expected {
+            return Err(ArenaError::BadRootSize {
+                recorded: h.root_size,
+                expected,
+            });
+        }
+        if h.fixed_checksum != h.compute_checksum() {
+            return Err(ArenaError::BadChecksum);
+        }
+        if h.base != base || h.size != size {
+            return Err(ArenaError::Moved {
+                recorded_base: h.base,
+                recorded_size: h.size,
+            });
+        }
+        self.pages.validate().map_err(ArenaError::Pages)?;
+        if self.pages.pages() != size / PAGE {
+            return Err(ArenaError::Pages(PageError::OutOfRange(self.pages.pages())));
+        }
+        for (what, addr) in [
+            ("I/O bitmap A", self.io_bitmaps[0]),
+            ("I/O bitmap B", self.io_bitmaps[1]),
+            ("MSR bitmap", self.msr_bitmap),
+        ] {
+            if addr != 0 && !self.owns_page(addr) {
+                return Err(ArenaError::PageNotOwned {
+                    slot: MAX_VMS,
+                    what,
+                    addr,
+                });
+            }
+        }
+        let arena = (base, base + size);
+        for (slot, vm) in self.vms.iter().enumerate() {
+            let state = vm.state().ok_or(ArenaError::BadVmState {
+                slot,
+                raw: vm.state,
+            })?;
+            if state == VmState::Free {
+                continue;
+            }
+            if !valid_name(vm.name()) {
+                return Err(ArenaError::BadVmName { slot });
+            }
+            if vm.config_checksum != vm.compute_config_checksum() {
+                return Err(ArenaError::BadVmConfig { slot });
+            }
+            Phase::from_raw(vm.vcpu.journal.phase).ok_or(ArenaError::BadJournal { slot })?;
+            let ram = (
+                vm.config.ram_start,
+                vm.config.ram_start.wrapping_add(vm.config.ram_size),
+            );
+            if vm.config.ram_size == 0
+                || ram.1 <= ram.0
+                || ram.0 % PAGE != 0
+                || overlaps(ram, arena)
+            {
+                return Err(ArenaError::RamOutOfBounds { slot });
+            }
+            for (what, addr) in [
+                ("VMCS", vm.vcpu.vmcs),
+                ("XSAVE area", vm.vcpu.xsave),
+                ("EPT root", vm.ept_root),
+            ] {
+                if !self.owns_page(addr) {
+                    return Err(ArenaError::PageNotOwned { slot, what, addr });
+                }
+            }
+            for (other, o) in self.vms.iter().enumerate().skip(slot + 1) {
+                if o.state == VmState::Free as u32 {
+                    continue;
+                }
+                let oram = (
+                    o.config.ram_start,
+                    o.config.ram_start.wrapping_add(o.config.ram_size),
+                );
+                if overlaps(ram, oram) {
+                    return Err(ArenaError::RamOverlap { a: slot, b: other });
+                }
+                if o.name() == vm.name() {
+                    return Err(ArenaError::DuplicateName { a: slot, b: other });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// 64-bit FNV-1a: small, dependency-free, good enough to catch corruption (not an
+/// adversary).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! The arena's page allocator. Its bitmap lives inside the arena (in the root), so after
+//! a microreboot the new instance knows exactly which arena pages hold VMCSs, EPT tables
+//! and XSAVE areas without having to trust anything else the dead instance left.
+
+use core::fmt;
+
+/// Largest arena, in pages (1 GiB: the `arena=` maximum).
+pub const MAX_PAGES: usize = 1 << 18;
+const WORDS: usize = MAX_PAGES / 64;
+
+#[repr(C)]
+pub struct PageBitmap {
+    /// Pages managed (the arena's size / 4 KiB).
+    pages: u64,
+    /// Pages currently allocated.
+    used: u64,
+    /// Bit i set: page i of the arena is allocated.
+    bits: [u64; WORDS],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageError {
+    /// The index is past the arena's end.
+    OutOfRange(u64),
+    /// Freeing a page that is not allocated.
+    NotAllocated(u64),
+    /// The counters disagree with the bitmap.
+    Inconsistent { counted: u64, recorded: u64 },
+}
+
+impl fmt::Display for PageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfRange(i) => write!(f, "arena page {i} is out of range"),
+            Self::NotAllocated(i) => write!(f, "arena page {i} is not allocated"),
+            Self::Inconsistent { counted, recorded } => {
+                write!(
+                    f,
+                    "arena page bitmap has {counted} pages set but records {recorded}"
+                )
+            }
+        }
+    }
+}
+
+impl PageBitmap {
+    /// Starts managing `pages` pages, all free.
+    pub fn init(&mut self, pages: u64) {
+        self.pages = pages.min(MAX_PAGES as u64);
+        self.used = 0;
+        self.bits = [0; WORDS];
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    pub fn is_allocated(&self, index: u64) -> bool {
+        index < self.pages && self.bits[(index / 64) as usize] & (1 << (index % 64)) != 0
+    }
+
+    /// Marks `[first, first + count)` allocated (for the root itself).
+    pub fn reserve(&mut self, first: u64, count: u64) -> Result<(), PageError> {
+        for i in first..first + count {
+            if i >= self.pages {
+                return Err(PageError::OutOfRange(i));
+            }
+            if !self.is_allocated(i) {
+                self.bits[(i / 64) as usize] |= 1 << (i % 64);
+                self.used += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates one page; returns its index.
+    pub fn allocate(&mut self) -> Option<u64> {
+        for (w, word) in self.bits.iter_mut().enumerate() {
+            if *word == u64::MAX {
+                continue;
+            }
+            let bit = u64::from(word.trailing_ones());
+            let index = w as u64 * 64 + bit;
+            if index >= self.pages {
+                return None;
+            }
+            *word |= 1 << bit;
+            self.used += 1;
+            return Some(index);
+        }
+        None
+    }
+
+    pub fn free(&mut self, index: u64) -> Result<(), PageError> {
+        if index >= self.pages {
+            return Err(PageError::OutOfRange(index));
+        }
+        if !self.is_allocated(index) {
+            return Err(PageError::NotAllocated(index));
+        }
+        self.bits[(index / 64) as usize] &= !(1 << (index % 64));
+        self.used -= 1;
+        Ok(())
+    }
+
+    /// Checks that the counters match the bitmap and nothing past the end is set.
+    pub fn validate(&self) -> Result<(), PageError> {
+        if self.pages > MAX_PAGES as u64 {
+            return Err(PageError::OutOfRange(self.pages));
+        }
+        let counted: u64 = self.bits.iter().map(|w| u64::from(w.count_ones())).sum();
+        let in_range: u64 = (0..self.pages).filter(|&i| self.is_allocated(i)).count() as u64;
+        if counted != in_range || counted != self.used {
+            return Err(PageError::Inconsistent {
+                counted,
+                recorded: self.used,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::boxed::Box;
+
+    fn bitmap(pages: u64) -> Box<PageBitmap> {
+        let mut b = Box::new(PageBitmap {
+            pages: 0,
+            used: 0,
+            bits: [0; WORDS],
+        });
+        b.init(pages);
+        b
+    }
+
+    #[test]
+    fn allocate_free_exhaust() {
+        let mut b = bitmap(130);
+        b.reserve(0, 3).unwrap();
+        assert_eq!(b.allocate(), Some(3));
+        assert_eq!(b.used(), 4);
+        b.free(3).unwrap();
+        assert_eq!(b.free(3), Err(PageError::NotAllocated(3)));
+        assert_eq!(b.free(130), Err(PageError::OutOfRange(130)));
+        let mut got = 0;
+        while b.allocate().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 127);
+        assert_eq!(b.used(), 130);
+        b.validate().unwrap();
+    }
+
+    #[test]
+    fn validate_catches_drift() {
+        let mut b = bitmap(64);
+        b.allocate();
+        b.used = 5;
+        assert!(matches!(b.validate(), Err(PageError::Inconsistent { .. })));
+        let mut b = bitmap(10);
+        b.bits[0] |= 1 << 20; // past the end
+        b.used = 1;
+        assert!(b.validate().is_err());
+    }
+}

@@ -1,0 +1,322 @@
+use super::*;
+use crate::arena::{set_text, VmRecord, ON_TRIPLE_FAULT_RESET};
+use crate::vmx::exit::ExitReason;
+use std::vec::Vec;
+
+pub(crate) struct FakeMem(pub Vec<u8>);
+
+impl GuestMemory for FakeMem {
+    fn read(&self, gpa: u64, len: u64) -> Option<&[u8]> {
+        let end = gpa.checked_add(len)?;
+        (end <= self.0.len() as u64).then(|| &self.0[gpa as usize..end as usize])
+    }
+}
+
+pub(crate) struct FakeHost;
+
+impl Host for FakeHost {
+    fn cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
+        match leaf {
+            0 => [0x16, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            1 => [0x50654, 0x0810_0800, 0xfffa_32ab, 0xbfeb_fbff],
+            _ => [leaf, 1, 2, 3],
+        }
+    }
+    fn rdtsc(&self) -> u64 {
+        0x1234_5678_9abc
+    }
+    fn supported_xcr0(&self) -> u64 {
+        0b111
+    }
+    fn cr_fixed(&self) -> [u64; 4] {
+        // CR0: PE, NE, PG fixed to 1; CR4: VMXE fixed to 1 (Skylake-like values).
+        [0x8000_0021, 0xffff_ffff, 0x2000, 0x3f_ffff]
+    }
+}
+
+pub(crate) fn exit(reason: ExitReason) -> Exit {
+    Exit {
+        reason,
+        qualification: 0,
+        instruction_len: 2,
+        guest_physical: 0,
+        rip: 0x10_0000,
+        rsp: 0x8000,
+        rflags: 0x2,
+        cpl: 0,
+        cr0: 0x8000_0031,
+        cr4: 0x2020,
+        cr0_shadow: 0x8000_0011,
+        cr4_shadow: 0x20,
+        efer: 0x500,
+        entry_controls: 0x11ff,
+        interruption_info: 0,
+        vmcs_msr_value: 0,
+    }
+}
+
+pub(crate) fn vm() -> VmRecord {
+    let mut vm = VmRecord::EMPTY;
+    vm.id = 3;
+    set_text(&mut vm.name, "alpha");
+    vm.config.ram_size = 0x10000;
+    vm
+}
+
+fn mem() -> FakeMem {
+    let mut m = FakeMem(std::vec![0; 0x10000]);
+    m.0[0x100..0x106].copy_from_slice(b"hello\n");
+    m
+}
+
+fn run(reason: ExitReason, vm: &VmRecord) -> Effect {
+    handle(&exit(reason), vm, &mem(), &FakeHost)
+}
+
+#[test]
+fn cpuid_hides_vmx_and_names_the_hypervisor() {
+    let mut v = vm();
+    v.vcpu.regs.rax = 1;
+    let e = run(ExitReason::Cpuid, &v);
+    assert_eq!(e.regs.rcx & (1 << 5), 0, "VMX hidden");
+    assert_ne!(e.regs.rcx & (1 << 31), 0, "hypervisor bit");
+    assert_eq!((e.regs.rbx >> 16) & 0xff, 1, "one logical processor");
+    assert_eq!(e.rip_advance, 2);
+    v.vcpu.regs.rax = 0x4000_0000;
+    let e = run(ExitReason::Cpuid, &v);
+    let sig: Vec<u8> = [e.regs.rbx, e.regs.rcx, e.regs.rdx]
+        .iter()
+        .flat_map(|r| (*r as u32).to_le_bytes())
+        .collect();
+    assert_eq!(&sig, b"LazarusLzrHV");
+    v.vcpu.regs.rax = 0;
+    let e = run(ExitReason::Cpuid, &v);
+    assert_eq!(e.regs.rbx, 0x756e_6547, "other leaves pass through");
+}
+
+fn io_exit(port: u16, size: u8, is_in: bool, string: bool) -> Exit {
+    let size_code = u64::from(size - 1);
+    let q =
+        size_code | (u64::from(is_in) << 3) | (u64::from(string) << 4) | (u64::from(port) << 16);
+    Exit {
+        qualification: q,
+        ..exit(ExitReason::Io)
+    }
+}
+
+#[test]
+fn unclaimed_ports_read_all_ones_and_count() {
+    let mut v = vm();
+    v.vcpu.regs.rax = 0x1122_3344_5566_7788;
+    let e = handle(&io_exit(0x80, 1, true, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.regs.rax, 0x1122_3344_5566_77ff);
+    assert_eq!(e.counts.unclaimed_io, 1);
+    assert_eq!(e.rip_advance, 2);
+    let e = handle(&io_exit(0x80, 2, true, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.regs.rax, 0x1122_3344_5566_ffff);
+    let e = handle(&io_exit(0x80, 4, true, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.regs.rax, 0xffff_ffff);
+    let e = handle(&io_exit(0x80, 1, false, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.regs.rax, v.vcpu.regs.rax, "OUT changes nothing");
+    assert_eq!(e.outcome, Outcome::Resume);
+    let e = handle(&io_exit(0x3f8, 1, false, true), &v, &mem(), &FakeHost);
+    assert!(matches!(e.outcome, Outcome::Stop(ref r) if r.starts_with("string I/O to port 0x3f8")));
+}
+
+#[test]
+fn msrs_emulated_or_gp() {
+    let mut v = vm();
+    v.vcpu.regs.rcx = 0x10;
+    let e = run(ExitReason::Rdmsr, &v);
+    assert_eq!((e.regs.rdx << 32) | e.regs.rax, 0x1234_5678_9abc);
+    assert_eq!(e.rip_advance, 2);
+    v.vcpu.regs.rcx = 0xdead_beef;
+    let e = run(ExitReason::Rdmsr, &v);
+    assert_eq!(e.rip_advance, 0, "a faulting RDMSR is not skipped");
+    let inj = e.inject.expect("#GP injected");
+    assert_eq!(inj.info & 0xff, 13);
+    assert_eq!(inj.error_code, Some(0));
+    assert_eq!(e.counts.unknown_msr, 1);
+    let e = run(ExitReason::Wrmsr, &v);
+    assert!(e.inject.is_some());
+    // LSTAR is kept in the record and swapped with the VM.
+    v.vcpu.regs.rcx = u64::from(msr::IA32_LSTAR);
+    v.vcpu.regs.rax = 0x8000_1000;
+    v.vcpu.regs.rdx = 0xffff_ffff;
+    let e = run(ExitReason::Wrmsr, &v);
+    assert_eq!(e.msrs.unwrap().lstar, 0xffff_ffff_8000_1000);
+    // EFER: reserved bits refused, LMA kept.
+    v.vcpu.regs.rcx = u64::from(msr::IA32_EFER);
+    v.vcpu.regs.rdx = 0;
+    v.vcpu.regs.rax = 1 << 5;
+    assert!(run(ExitReason::Wrmsr, &v).inject.is_some());
+    v.vcpu.regs.rax = (1 << 8) | (1 << 11) | 1;
+    let e = run(ExitReason::Wrmsr, &v);
+    assert_eq!(
+        e.vmcs.as_slice(),
+        &[(VmcsField::GuestIa32Efer, 0x901 | (1 << 10))]
+    );
+}
+
+#[test]
+fn ept_violation_stops_the_vm_with_the_address() {
+    let v = vm();
+    let x = Exit {
+        guest_physical: 0x1f60_0000,
+        qualification: 0b10,
+        ..exit(ExitReason::EptViolation)
+    };
+    let e = handle(&x, &v, &mem(), &FakeHost);
+    match e.outcome {
+        Outcome::Stop(r) => {
+            assert!(
+                r.starts_with("EPT violation: write at guest-physical 0x1f600000"),
+                "{r}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.rip_advance, 0);
+}
+
+#[test]
+fn triple_fault_stops_or_resets() {
+    let mut v = vm();
+    assert!(matches!(
+        run(ExitReason::TripleFault, &v).outcome,
+        Outcome::Stop(_)
+    ));
+    v.config.on_triple_fault = ON_TRIPLE_FAULT_RESET;
+    assert_eq!(run(ExitReason::TripleFault, &v).outcome, Outcome::Reset);
+}
+
+#[test]
+fn scheduling_exits() {
+    let v = vm();
+    assert_eq!(run(ExitReason::PreemptionTimer, &v).outcome, Outcome::Yield);
+    let e = run(ExitReason::Hlt, &v);
+    assert_eq!((e.outcome, e.rip_advance), (Outcome::Halt, 2));
+    assert_eq!(
+        run(ExitReason::ExternalInterrupt, &v).outcome,
+        Outcome::Resume
+    );
+    assert_eq!(run(ExitReason::ExternalInterrupt, &v).rip_advance, 0);
+}
+
+#[test]
+fn vmx_instructions_raise_ud_and_unknown_exits_stop() {
+    let v = vm();
+    let e = run(ExitReason::Vmxon, &v);
+    assert_eq!(e.inject.unwrap().info & 0xff, 6);
+    assert!(
+        matches!(run(ExitReason::Rsm, &v).outcome, Outcome::Stop(ref r) if r.starts_with("unhandled exit reason"))
+    );
+}
+
+fn call(v: &mut VmRecord, nr: u64, rdi: u64, rsi: u64, cpl: u8) -> Effect {
+    v.vcpu.regs.rax = nr;
+    v.vcpu.regs.rdi = rdi;
+    v.vcpu.regs.rsi = rsi;
+    handle(
+        &Exit {
+            cpl,
+            instruction_len: 3,
+            ..exit(ExitReason::Vmcall)
+        },
+        v,
+        &mem(),
+        &FakeHost,
+    )
+}
+
+#[test]
+fn hypercalls() {
+    let mut v = vm();
+    let e = call(&mut v, 0, 0x100, 6, 0);
+    assert_eq!(
+        (e.regs.rax, e.console, e.rip_advance),
+        (6, Some((0x100, 6)), 3)
+    );
+    let e = call(&mut v, 0, 0xffff, 2, 0);
+    assert_eq!(
+        abi::Error::from_result(e.regs.rax),
+        Some(abi::Error::Fault),
+        "crosses the end of RAM"
+    );
+    assert_eq!(e.console, None);
+    let e = call(&mut v, 0, u64::MAX - 1, 4, 0);
+    assert_eq!(
+        abi::Error::from_result(e.regs.rax),
+        Some(abi::Error::Fault),
+        "wraps around"
+    );
+    let e = call(&mut v, 0, 0x100, abi::CONSOLE_WRITE_MAX + 1, 0);
+    assert_eq!(
+        abi::Error::from_result(e.regs.rax),
+        Some(abi::Error::Invalid)
+    );
+    let e = call(&mut v, 99, 0, 0, 0);
+    assert_eq!(
+        abi::Error::from_result(e.regs.rax),
+        Some(abi::Error::Unknown)
+    );
+    assert_eq!((e.counts.hypercall_errors, e.rip_advance), (1, 3));
+    let e = call(&mut v, 0, 0x100, 6, 3);
+    assert_eq!(
+        abi::Error::from_result(e.regs.rax),
+        Some(abi::Error::Permission),
+        "user mode"
+    );
+    assert_eq!(
+        call(&mut v, 2, 0, 0, 3).outcome,
+        Outcome::Yield,
+        "yield is allowed from user mode"
+    );
+    let e = call(&mut v, 1, 0x200, 16, 0);
+    assert_eq!(e.regs.rax, 3);
+    let (gpa, data, len) = e.guest_write.unwrap();
+    assert_eq!((gpa, &data[..len]), (0x200, &b"alpha\0"[..]));
+    let e = call(&mut v, 1, 0x200, 3, 0);
+    assert_eq!(
+        abi::Error::from_result(e.regs.rax),
+        Some(abi::Error::Invalid),
+        "buffer too small"
+    );
+    assert_eq!(call(&mut v, 3, 0, 0, 0).outcome, Outcome::PowerOff);
+}
+
+#[test]
+fn xsetbv_is_checked() {
+    let mut v = vm();
+    v.vcpu.regs.rax = 0b111;
+    assert_eq!(run(ExitReason::Xsetbv, &v).xcr0, Some(0b111));
+    for bad in [0b110, 0b101, 0b1_0000_0001] {
+        v.vcpu.regs.rax = bad;
+        let e = run(ExitReason::Xsetbv, &v);
+        assert_eq!(e.xcr0, None, "{bad:#b}");
+        assert!(e.inject.is_some());
+    }
+}
+
+#[test]
+fn turning_paging_on_with_lme_enters_long_mode() {
+    let mut v = vm();
+    v.vcpu.regs.rbx = 0x8000_0011;
+    // MOV to CR0 from RBX: access type 0, CR 0, GPR 3 (qualification bits 11:8).
+    let x = Exit {
+        qualification: 3 << 8,
+        cr0_shadow: 0x11,
+        efer: 1 << 8,
+        entry_controls: 0x11ff & !(1 << 9),
+        ..exit(ExitReason::CrAccess)
+    };
+    let e = handle(&x, &v, &mem(), &FakeHost);
+    let writes = e.vmcs.as_slice();
+    assert!(writes.contains(&(VmcsField::Cr0ReadShadow, 0x8000_0011)));
+    assert!(
+        writes.contains(&(VmcsField::GuestCr0, 0x8000_0031)),
+        "NE forced on: {writes:?}"
+    );
+    assert!(writes.contains(&(VmcsField::GuestIa32Efer, (1 << 8) | (1 << 10))));
+    assert!(writes.contains(&(VmcsField::EntryControls, 0x11ff | (1 << 9))));
+}

@@ -1,0 +1,990 @@
+//! VMs on the real machine: VMX on, the arena laid out, VMs created from GRUB modules,
+//! and the loop that runs them. Everything here executes privileged instructions or
+//! dereferences physical addresses; the decisions it acts on are made by the pure
+//! modules beside it (`config`, `exits`, `hypercall`, `scheduler`, `crate::ept`,
+//! `crate::loader`), which are unit-tested on the host.
+
+use core::fmt::{self, Write};
+
+use super::config::{self, Role, TripleFault, VmSpec};
+use super::exits::{self, Exit, GuestMemory, Host, Outcome};
+use super::scheduler::{self, SLICE_TSC};
+use super::{commit, ConsoleSink, GuestMemoryMut};
+use crate::arch::instructions::{rdmsr, rdtsc, wrmsr};
+use crate::arch::vmentry::{self, EntryResult};
+use crate::arch::{serial, vmx};
+use crate::arena::{self, ArenaRoot, Phase, VmRecord, VmState, MAX_VMS};
+use crate::ept::{Access, Ept, EptCaps, Mapping, TableMemory};
+use crate::failure::{self, Failure};
+use crate::memory::{format_size, FrameAllocator, Range, FREE_RANGES};
+use crate::vmx::exit::ExitReason;
+use crate::vmx::fields::{GuestRegisters, VmcsAccess, VmcsField, VmxError};
+
+const PAGE: u64 = 4096;
+/// Guest-physical layout of an ELF VM (see `abi::StartInfo`).
+const GUEST_GDT: u64 = 0x500;
+const GUEST_PML4: u64 = 0x1000;
+const GUEST_PDPT: u64 = 0x2000;
+const GUEST_PD: u64 = 0x3000;
+/// Page directories that fit below the start-info page... and the 64 KiB limit.
+const GUEST_MAX_PDS: u64 = (0x10000 - GUEST_PD) / PAGE;
+const ELF_MIN_GPA: u64 = 1 << 20;
+
+/// Everything the VM layer keeps outside the arena (transient: rebuilt at every boot).
+pub struct Vms {
+    root: &'static mut ArenaRoot,
+    caps: Caps,
+    /// Slot of the VM whose VMCS is current on this CPU.
+    current: Option<usize>,
+    slice_end: u64,
+    /// The GRUB modules (guest images), by index, for resets.
+    modules: heapless::Vec<Range, { crate::bootinfo::MAX_MODULES }>,
+}
+
+/// VMX facts gathered once at boot.
+#[derive(Clone, Copy)]
+pub struct Caps {
+    pub vmcs_revision: u32,
+    pub timer_rate: u8,
+    pub ept: EptCaps,
+    pub vpid: bool,
+    pub controls: crate::vmx::controls::ControlSet,
+    /// IA32_VMX_CR0_FIXED0/1, CR4_FIXED0/1.
+    pub cr_fixed: [u64; 4],
+    pub xcr0: u64,
+}
+
+impl Caps {
+    /// Derives everything from the probe: the control set (adjusted to the capability
+    /// MSRs), EPT and VPID support, the preemption-timer rate, the CR fixed bits and the
+    /// XCR0 bits the host can switch. Err names what is missing.
+    pub fn from_probe(
+        report: &crate::cpu::CpuReport,
+        vmx: &crate::cpu::VmxReport,
+    ) -> Result<(Caps, crate::vmx::controls::Dropped), crate::vmx::controls::ControlError> {
+        use crate::vmx::controls::{Capabilities, ControlSet, OptionalControl};
+        let m = &report.msrs;
+        let caps = Capabilities {
+            pinbased: m.pinbased,
+            procbased: m.procbased,
+            procbased2: m.procbased2,
+            exit: m.exit,
+            entry: m.entry,
+        };
+        let (controls, dropped) = ControlSet::lazarus(&caps)?;
+        let xsave = raw_cpuid::cpuid!(1).ecx & (1 << 26) != 0;
+        let xcr0 = if xsave {
+            let leaf = raw_cpuid::cpuid!(0xd, 0);
+            (u64::from(leaf.edx) << 32) | u64::from(leaf.eax)
+        } else {
+            1
+        };
+        Ok((
+            Caps {
+                vmcs_revision: vmx.vmcs_revision,
+                timer_rate: vmx.preemption_timer_rate,
+                ept: EptCaps::from_ept_vpid_cap(m.ept_vpid_cap),
+                vpid: !dropped.contains(OptionalControl::Vpid),
+                controls,
+                cr_fixed: m.cr_fixed,
+                xcr0,
+            },
+            dropped,
+        ))
+    }
+}
+
+/// Physical memory through the identity map, as the EPT builder sees it.
+struct ArenaTables<'a> {
+    root: &'a mut ArenaRoot,
+}
+
+impl TableMemory for ArenaTables<'_> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        let page = self.root.alloc_page()?;
+        zero_page(page);
+        Some(page)
+    }
+
+    fn table(&mut self, phys: u64) -> &mut [u64; 512] {
+        // SAFETY: `phys` is an arena page handed out by `alloc_table` for this EPT; the
+        // arena is identity-mapped and only the VM layer (on this CPU) touches it.
+        unsafe { &mut *(phys as *mut [u64; 512]) }
+    }
+
+    fn table_ref(&self, phys: u64) -> &[u64; 512] {
+        // SAFETY: as above, read-only.
+        unsafe { &*(phys as *const [u64; 512]) }
+    }
+}
+
+fn zero_page(page: u64) {
+    // SAFETY: callers pass pages they own (fresh arena pages), identity-mapped.
+    unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE as usize) };
+}
+
+/// A VM's RAM through the identity map, indexed by guest-physical address.
+pub struct Ram {
+    base: u64,
+    size: u64,
+}
+
+impl Ram {
+    fn of(vm: &VmRecord) -> Self {
+        Self {
+            base: vm.config.ram_start,
+            size: vm.config.ram_size,
+        }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: [base, base + size) is this VM's RAM, allocated from the free pool for it
+        // alone and identity-mapped; nothing else holds a reference while this one lives.
+        unsafe { core::slice::from_raw_parts_mut(self.base as *mut u8, self.size as usize) }
+    }
+}
+
+impl GuestMemory for Ram {
+    fn read(&self, gpa: u64, len: u64) -> Option<&[u8]> {
+        let end = gpa.checked_add(len)?;
+        if end > self.size {
+            return None;
+        }
+        // SAFETY: bounds checked against the VM's RAM just above.
+        Some(unsafe { core::slice::from_raw_parts((self.base + gpa) as *const u8, len as usize) })
+    }
+}
+
+impl GuestMemoryMut for Ram {
+    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let Some(end) = gpa.checked_add(data.len() as u64) else {
+            return false;
+        };
+        if end > self.size {
+            return false;
+        }
+        self.bytes()[gpa as usize..end as usize].copy_from_slice(data);
+        true
+    }
+}
+
+struct RealHost<'a> {
+    caps: &'a Caps,
+}
+
+impl Host for RealHost<'_> {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = raw_cpuid::cpuid!(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+    fn rdtsc(&self) -> u64 {
+        rdtsc()
+    }
+    fn supported_xcr0(&self) -> u64 {
+        self.caps.xcr0
+    }
+    fn cr_fixed(&self) -> [u64; 4] {
+        self.caps.cr_fixed
+    }
+}
+
+/// Guest console lines: `[NAME] text`.
+struct SerialSink;
+
+impl ConsoleSink for SerialSink {
+    fn vm_line(&mut self, vm: &str, line: &str) {
+        let mut out: heapless::String<{ arena::CONSOLE_LINE + 32 }> = heapless::String::new();
+        let _ = writeln!(out, "[{vm}] {line}");
+        serial::write_str(&out);
+    }
+}
+
+/// Why VMX could not be started.
+pub enum StartError {
+    NoRegionPage,
+    Vmxon(VmxError),
+    Arena(arena::ArenaError),
+    NoBitmapPages,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoRegionPage => f.write_str("no page for the VMXON region"),
+            Self::Vmxon(e) => write!(f, "VMXON failed: {e}"),
+            Self::Arena(e) => write!(f, "arena: {e}"),
+            Self::NoBitmapPages => f.write_str("arena: no pages for the I/O and MSR bitmaps"),
+        }
+    }
+}
+
+/// Why a VM could not be created (one console line each).
+pub enum CreateError<'a> {
+    Spec(config::SpecError<'a>),
+    Exists,
+    TableFull,
+    NoMemory { needed: u64, largest: u64 },
+    TooLarge,
+    Elf(crate::loader::ElfError),
+    ArenaFull,
+    Vmx(VmxError),
+}
+
+impl fmt::Display for CreateError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Spec(e) => write!(f, "{e}"),
+            Self::Exists => f.write_str("a VM with this name exists"),
+            Self::TableFull => write!(f, "the VM table is full ({MAX_VMS} VMs)"),
+            Self::NoMemory { needed, largest } => write!(
+                f,
+                "not enough free memory: needs {} in one piece, the largest free piece is {}",
+                format_size(*needed),
+                format_size(*largest)
+            ),
+            Self::TooLarge => write!(
+                f,
+                "ELF VMs may have at most {} of RAM (identity map limit)",
+                format_size(GUEST_MAX_PDS << 30)
+            ),
+            Self::Elf(e) => write!(f, "ELF: {e}"),
+            Self::ArenaFull => f.write_str("the arena has no free pages (raise arena=)"),
+            Self::Vmx(e) => write!(f, "VMX: {e}"),
+        }
+    }
+}
+
+impl Vms {
+    /// Turns VMX on for this CPU (region from `free`), lays out the arena and its shared
+    /// bitmaps. Returns None (after a logged error) if any step fails.
+    pub fn start(
+        arena: Range,
+        free: &mut FrameAllocator<FREE_RANGES>,
+        caps: Caps,
+        modules: &[Range],
+    ) -> Result<Vms, StartError> {
+        let region = free.allocate(PAGE, PAGE).ok_or(StartError::NoRegionPage)?;
+        zero_page(region.start);
+        vmx::enable_xsave();
+        // SAFETY: `region` was just allocated for this purpose and zeroed; cpu::probe found
+        // VMX available and enabled.
+        unsafe { vmx::vmxon(region.start, caps.vmcs_revision) }.map_err(StartError::Vmxon)?;
+        // SAFETY: the layout reserved [arena.start, arena.end) for the arena alone; it is
+        // identity-mapped and page-aligned. Zeroing first makes every field valid (the root
+        // is plain integers), then `init` checks the size and fills it in.
+        let root = unsafe {
+            core::ptr::write_bytes(arena.start as *mut u8, 0, core::mem::size_of::<ArenaRoot>());
+            &mut *(arena.start as *mut ArenaRoot)
+        };
+        root.init(arena.start, arena.len())
+            .map_err(StartError::Arena)?;
+        // Every port and every MSR access exits: no device claims a port yet, and MSRs are
+        // emulated (all-ones bitmaps, SDM Vol. 3C §25.6.4 and §25.6.9).
+        root.io_bitmaps[0] = alloc_filled(root, 0xff).unwrap_or(0);
+        root.io_bitmaps[1] = alloc_filled(root, 0xff).unwrap_or(0);
+        root.msr_bitmap = alloc_filled(root, 0xff).unwrap_or(0);
+        if root.io_bitmaps.contains(&0) || root.msr_bitmap == 0 {
+            return Err(StartError::NoBitmapPages);
+        }
+        log::info!(
+            "arena: {} at {:#x}, root {} ({} pages), {} pages free",
+            format_size(arena.len()),
+            arena.start,
+            format_size(core::mem::size_of::<ArenaRoot>() as u64),
+            ArenaRoot::root_pages(),
+            root.pages.pages() - root.pages.used()
+        );
+        Ok(Vms {
+            root,
+            caps,
+            current: None,
+            slice_end: 0,
+            modules: modules.iter().copied().collect(),
+        })
+    }
+
+    /// Creates a VM from the module at `module` (index `index`, string `string`).
+    pub fn create<'s>(
+        &mut self,
+        index: usize,
+        string: &'s str,
+        module: &[u8],
+        free: &mut FrameAllocator<FREE_RANGES>,
+    ) -> Result<usize, (Option<&'s str>, CreateError<'s>)> {
+        let spec = config::parse(string).map_err(|e| (None, CreateError::Spec(e)))?;
+        let name = spec.name;
+        self.create_from_spec(index, &spec, module, free)
+            .map_err(|e| (Some(name), e))
+    }
+
+    fn create_from_spec<'s>(
+        &mut self,
+        index: usize,
+        spec: &VmSpec<'s>,
+        module: &[u8],
+        free: &mut FrameAllocator<FREE_RANGES>,
+    ) -> Result<usize, CreateError<'s>> {
+        let Role::Elf = spec.role;
+        if self.root.find_vm(spec.name).is_some() {
+            return Err(CreateError::Exists);
+        }
+        if spec.mem > GUEST_MAX_PDS << 30 {
+            return Err(CreateError::TooLarge);
+        }
+        let slot = self.root.free_slot().ok_or(CreateError::TableFull)?;
+        let image =
+            crate::loader::parse(module, spec.mem, ELF_MIN_GPA).map_err(CreateError::Elf)?;
+        let ram = free
+            .allocate(spec.mem, 2 << 20)
+            .ok_or(CreateError::NoMemory {
+                needed: spec.mem,
+                largest: free.largest_free(),
+            })?;
+        let mut vm = VmRecord::EMPTY;
+        vm.id = self.root.next_vm_id;
+        arena::set_text(&mut vm.name, spec.name);
+        vm.config.module_index = index as u32;
+        vm.config.on_triple_fault = match spec.on_triple_fault {
+            TripleFault::Stop => arena::ON_TRIPLE_FAULT_STOP,
+            TripleFault::Reset => arena::ON_TRIPLE_FAULT_RESET,
+        };
+        vm.config.ram_start = ram.start;
+        vm.config.ram_size = spec.mem;
+        vm.config.entry = image.entry;
+        arena::set_text(&mut vm.config.args, &spec.args);
+        vm.seal_config();
+        let pages = (|| {
+            let vmcs = self.root.alloc_page()?;
+            let xsave = self.root.alloc_page()?;
+            Some((vmcs, xsave))
+        })();
+        let Some((vmcs, xsave)) = pages else {
+            let _ = free.free(ram);
+            return Err(CreateError::ArenaFull);
+        };
+        zero_page(vmcs);
+        zero_page(xsave);
+        vm.vcpu.vmcs = vmcs;
+        vm.vcpu.xsave = xsave;
+        let mut tables = ArenaTables {
+            root: &mut *self.root,
+        };
+        let ept = Ept::new(&mut tables)
+            .and_then(|ept| {
+                let all = Access {
+                    read: true,
+                    write: true,
+                    execute: true,
+                };
+                ept.map(
+                    &mut tables,
+                    &Mapping {
+                        gpa: 0,
+                        hpa: ram.start,
+                        len: spec.mem,
+                        access: all,
+                    },
+                    &self.caps.ept,
+                )
+                .map(|()| ept)
+            })
+            .map_err(|_| CreateError::ArenaFull)?;
+        vm.ept_root = ept.pml4;
+        self.root.next_vm_id += 1;
+        self.root.vms[slot] = vm;
+        self.reset_guest(slot, module).map_err(CreateError::Vmx)?;
+        self.root.vms[slot].set_state(VmState::Runnable);
+        let vm = &self.root.vms[slot];
+        log::info!(
+            "vm {}: created: id={} mem={} ram=[{:#x}, {:#x}) entry={:#x} args=\"{}\"",
+            vm.name(),
+            vm.id,
+            format_size(spec.mem),
+            ram.start,
+            ram.end,
+            image.entry,
+            vm.args()
+        );
+        Ok(slot)
+    }
+
+    /// Puts the VM in slot `slot` in its initial state: RAM zeroed and reloaded from its
+    /// module, page tables, GDT and start info written, registers cleared, VMCS set up.
+    fn reset_guest(&mut self, slot: usize, module: &[u8]) -> Result<(), VmxError> {
+        let vm = &mut self.root.vms[slot];
+        let mut ram = Ram::of(vm);
+        ram.bytes().fill(0);
+        if let Ok(image) = crate::loader::parse(module, vm.config.ram_size, ELF_MIN_GPA) {
+            crate::loader::load(&image, module, ram.bytes());
+        }
+        write_guest_tables(&mut ram, vm);
+        vm.vcpu.regs = GuestRegisters::default();
+        vm.vcpu.regs.rdi = abi::START_INFO_GPA;
+        vm.vcpu.journal = arena::Journal::default();
+        vm.vcpu.xcr0 = 1;
+        vm.vcpu.fpu_saved = 0;
+        vm.vcpu.msrs = arena::SwappedMsrs::default();
+        zero_page(vm.vcpu.xsave);
+        // SAFETY: the VMCS page belongs to this VM; VMCLEAR initialises it (after the
+        // revision id is written) and VMPTRLD makes it current on this CPU.
+        unsafe {
+            core::ptr::write_volatile(vm.vcpu.vmcs as *mut u32, self.caps.vmcs_revision);
+            vmx::vmclear(vm.vcpu.vmcs)?;
+            vmx::vmptrld(vm.vcpu.vmcs)?;
+        }
+        vm.vcpu.launched = 0;
+        self.current = Some(slot);
+        let eptp = Ept { pml4: vm.ept_root }.eptp(&self.caps.ept);
+        setup_vmcs(
+            &mut vmx::CurrentVmcs,
+            vm,
+            &self.caps,
+            eptp,
+            self.root.io_bitmaps,
+            self.root.msr_bitmap,
+        )
+    }
+}
+
+/// Allocates an arena page filled with `byte`.
+fn alloc_filled(root: &mut ArenaRoot, byte: u8) -> Option<u64> {
+    let page = root.alloc_page()?;
+    // SAFETY: a fresh arena page, identity-mapped, owned by the caller.
+    unsafe { core::ptr::write_bytes(page as *mut u8, byte, PAGE as usize) };
+    Some(page)
+}
+
+/// Writes the GDT, identity-map page tables (2 MiB pages over all of RAM) and start
+/// info that an ELF guest expects (`abi::StartInfo`).
+fn write_guest_tables(ram: &mut Ram, vm: &VmRecord) {
+    let size = vm.config.ram_size;
+    let put = |ram: &mut Ram, gpa: u64, value: u64| {
+        ram.write(gpa, &value.to_le_bytes());
+    };
+    // GDT: null, 64-bit code (0x08), data (0x10).
+    put(ram, GUEST_GDT, 0);
+    put(ram, GUEST_GDT + 8, 0x00af_9a00_0000_ffff);
+    put(ram, GUEST_GDT + 16, 0x00cf_9200_0000_ffff);
+    // Present | writable (| page size for 2 MiB leaves), SDM Vol. 3A §4.5.
+    let pds = size.div_ceil(1 << 30);
+    put(ram, GUEST_PML4, GUEST_PDPT | 0x3);
+    for i in 0..pds {
+        put(ram, GUEST_PDPT + 8 * i, (GUEST_PD + PAGE * i) | 0x3);
+    }
+    for j in 0..size.div_ceil(2 << 20) {
+        put(ram, GUEST_PD + 8 * j, (j << 21) | 0x83);
+    }
+    let mut info = abi::StartInfo {
+        magic: abi::START_INFO_MAGIC,
+        mem_size: size,
+        vm_id: u64::from(vm.id),
+        name: [0; 32],
+        args: [0; 256],
+    };
+    info.name[..vm.name().len()].copy_from_slice(vm.name().as_bytes());
+    let args = vm.args().as_bytes();
+    info.args[..args.len()].copy_from_slice(args);
+    // SAFETY: StartInfo is repr(C) plain integers and byte arrays: viewing it as bytes is sound.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (&info as *const abi::StartInfo).cast::<u8>(),
+            core::mem::size_of::<abi::StartInfo>(),
+        )
+    };
+    ram.write(abi::START_INFO_GPA, bytes);
+}
+
+/// Host and control state of the VMCS, and the initial guest state of an ELF guest
+/// (64-bit mode, flat segments; SDM Vol. 3C §25.4-25.8 for the fields, §27.3 for the
+/// checks they must pass).
+fn setup_vmcs(
+    v: &mut impl VmcsAccess,
+    vm: &VmRecord,
+    caps: &Caps,
+    eptp: u64,
+    io_bitmaps: [u64; 2],
+    msr_bitmap: u64,
+) -> Result<(), VmxError> {
+    use VmcsField as F;
+    let [cr0, _, cr3, cr4] = crate::arch::instructions::control_registers();
+    let (gdtr, idtr) = (
+        x86_64::instructions::tables::sgdt(),
+        x86_64::instructions::tables::sidt(),
+    );
+    let c = &caps.controls;
+    // SAFETY (rdmsr): IA32_EFER and IA32_PAT exist on every CPU with VMX.
+    let (efer, pat) = unsafe { (rdmsr(0xc000_0080), rdmsr(0x277)) };
+    let writes: [(F, u64); 31] = [
+        // Controls.
+        (F::PinBasedControls, u64::from(c.pin)),
+        (F::PrimaryProcBasedControls, u64::from(c.proc)),
+        (F::SecondaryProcBasedControls, u64::from(c.proc2)),
+        (F::ExitControls, u64::from(c.exit)),
+        (F::EntryControls, u64::from(c.entry) | (1 << 9)),
+        (F::ExceptionBitmap, 0),
+        (F::IoBitmapA, io_bitmaps[0]),
+        (F::IoBitmapB, io_bitmaps[1]),
+        (F::MsrBitmap, msr_bitmap),
+        (F::EptPointer, eptp),
+        (F::VmcsLinkPointer, u64::MAX),
+        (
+            F::Cr0GuestHostMask,
+            cr_owned(caps.cr_fixed[0], caps.cr_fixed[1]) & !((1 << 0) | (1 << 31)),
+        ),
+        (
+            F::Cr4GuestHostMask,
+            cr_owned(caps.cr_fixed[2], caps.cr_fixed[3]),
+        ),
+        // Host state: where and how VM exits land.
+        (F::HostCr0, cr0),
+        (F::HostCr3, cr3),
+        (F::HostCr4, cr4),
+        (
+            F::HostCsSelector,
+            u64::from(crate::arch::gdt::KERNEL_CODE_SELECTOR),
+        ),
+        (F::HostSsSelector, 0),
+        (F::HostDsSelector, 0),
+        (F::HostEsSelector, 0),
+        (F::HostFsSelector, 0),
+        (F::HostGsSelector, 0),
+        (F::HostTrSelector, u64::from(crate::arch::gdt::TSS_SELECTOR)),
+        (F::HostFsBase, 0),
+        (F::HostGsBase, 0),
+        (F::HostTrBase, crate::arch::gdt::tss_base(0)),
+        (F::HostGdtrBase, gdtr.base.as_u64()),
+        (F::HostIdtrBase, idtr.base.as_u64()),
+        (F::HostIa32Efer, efer),
+        (F::HostIa32Pat, pat),
+        (F::HostRip, vmentry::exit_landing()),
+    ];
+    for (field, value) in writes {
+        v.write(field, value)?;
+    }
+    if caps.vpid {
+        v.write(F::Vpid, u64::from(vm.id))?;
+    }
+    // Guest state: 64-bit mode, CPL 0, flat segments, paging on (page tables at GUEST_PML4).
+    let [f0, f1, g0, g1] = caps.cr_fixed;
+    let guest_cr0: u64 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
+    let guest_cr4: u64 = 1 << 5;
+    let code_ar = 0xa09b; // present, S, execute/read accessed, L, G (SDM Vol. 3C §25.4.1)
+    let data_ar = 0xc093; // present, S, read/write accessed, D/B, G
+    let guest: [(F, u64); 38] = [
+        (F::GuestCr0, exits::cr0_real(guest_cr0, f0, f1)),
+        (F::Cr0ReadShadow, guest_cr0),
+        (F::GuestCr3, GUEST_PML4),
+        (F::GuestCr4, exits::cr4_real(guest_cr4, g0, g1)),
+        (F::Cr4ReadShadow, guest_cr4),
+        (F::GuestIa32Efer, (1 << 8) | (1 << 10)),
+        (F::GuestIa32Pat, 0x0007_0406_0007_0406),
+        (F::GuestIa32Debugctl, 0),
+        (F::GuestDr7, 0x400),
+        (F::GuestRsp, vm.config.ram_size),
+        (F::GuestRip, vm.config.entry),
+        (F::GuestRflags, 0x2),
+        (F::GuestCsSelector, 0x08),
+        (F::GuestCsBase, 0),
+        (F::GuestCsLimit, 0xffff_ffff),
+        (F::GuestCsAccessRights, code_ar),
+        (F::GuestSsSelector, 0x10),
+        (F::GuestSsBase, 0),
+        (F::GuestSsLimit, 0xffff_ffff),
+        (F::GuestSsAccessRights, data_ar),
+        (F::GuestLdtrSelector, 0),
+        (F::GuestLdtrAccessRights, 1 << 16),
+        (F::GuestTrSelector, 0),
+        (F::GuestTrBase, 0),
+        (F::GuestTrLimit, 0x67),
+        (F::GuestTrAccessRights, 0x8b), // present, 64-bit busy TSS
+        (F::GuestGdtrBase, GUEST_GDT),
+        (F::GuestGdtrLimit, 23),
+        (F::GuestIdtrBase, 0),
+        (F::GuestIdtrLimit, 0),
+        (F::GuestInterruptibilityState, 0),
+        (F::GuestActivityState, 0),
+        (F::GuestPendingDebugExceptions, 0),
+        (F::GuestIa32SysenterCs, 0),
+        (F::GuestIa32SysenterEsp, 0),
+        (F::GuestIa32SysenterEip, 0),
+        (F::EntryInterruptionInfo, 0),
+        (F::TscOffset, 0),
+    ];
+    for (field, value) in guest {
+        v.write(field, value)?;
+    }
+    for (sel, base, limit, ar) in [
+        (
+            F::GuestDsSelector,
+            F::GuestDsBase,
+            F::GuestDsLimit,
+            F::GuestDsAccessRights,
+        ),
+        (
+            F::GuestEsSelector,
+            F::GuestEsBase,
+            F::GuestEsLimit,
+            F::GuestEsAccessRights,
+        ),
+        (
+            F::GuestFsSelector,
+            F::GuestFsBase,
+            F::GuestFsLimit,
+            F::GuestFsAccessRights,
+        ),
+        (
+            F::GuestGsSelector,
+            F::GuestGsBase,
+            F::GuestGsLimit,
+            F::GuestGsAccessRights,
+        ),
+    ] {
+        v.write(sel, 0x10)?;
+        v.write(base, 0)?;
+        v.write(limit, 0xffff_ffff)?;
+        v.write(ar, data_ar)?;
+    }
+    Ok(())
+}
+
+/// CR bits whose value VMX operation fixes (fixed0 set: must be 1; fixed1 clear: must
+/// be 0): the guest/host mask owns them so the guest sees only its own view.
+fn cr_owned(fixed0: u64, fixed1: u64) -> u64 {
+    (fixed0 | !fixed1) & 0xffff_ffff
+}
+
+/// A hypervisor failure in the VMX layer: VMX instructions and VM entries must not fail
+/// (DESIGN 5), so this ends in the failure hook.
+fn vmx_failure(what: &str, vm: &VmRecord, error: VmxError) -> ! {
+    failure::fail(&Failure::Vmx {
+        what,
+        vm: vm.name(),
+        error,
+    })
+}
+
+impl Vms {
+    /// Runs one VM entry and handles the exit it ends with. Returns false when no VM
+    /// can run (the caller idles).
+    pub fn step(&mut self) -> bool {
+        let now = rdtsc();
+        let slot = match self.current {
+            Some(s)
+                if now < self.slice_end && self.root.vms[s].state() == Some(VmState::Runnable) =>
+            {
+                s
+            }
+            previous => match scheduler::next_runnable(&self.root.vms, previous) {
+                Some(next) => {
+                    self.switch_to(previous, next);
+                    self.slice_end = now + SLICE_TSC;
+                    next
+                }
+                None => return false,
+            },
+        };
+        let remaining = self.slice_end.saturating_sub(now);
+        let caps = self.caps;
+        let vm = &mut self.root.vms[slot];
+        let timer = scheduler::timer_value(remaining, caps.timer_rate);
+        if let Err(e) = vmx::CurrentVmcs.write(VmcsField::PreemptionTimerValue, u64::from(timer)) {
+            vmx_failure("VMWRITE of the preemption timer", vm, e);
+        }
+        vm.vcpu.journal.phase = Phase::InGuest as u32;
+        // SAFETY: this VM's VMCS is current (switch_to / reset_guest) and fully set up; its
+        // registers live in the arena record, which nothing else touches while it runs.
+        let result = unsafe { vmentry::enter(&mut vm.vcpu.regs, vm.vcpu.launched != 0) };
+        let exited_at = rdtsc();
+        match result {
+            EntryResult::Exited => vm.vcpu.launched = 1,
+            EntryResult::FailInvalid => vmx_failure("VM entry", vm, VmxError::VmFailInvalid),
+            EntryResult::FailValid => {
+                let error = vmx::CurrentVmcs
+                    .read(VmcsField::InstructionError)
+                    .unwrap_or(0) as u32;
+                vmx_failure(
+                    "VM entry",
+                    vm,
+                    VmxError::VmFailValid(crate::vmx::fields::InstructionError::from_number(error)),
+                )
+            }
+        }
+        let exit = match read_exit(&vmx::CurrentVmcs, &vm.vcpu.regs) {
+            Ok(exit) => exit,
+            Err(e) => vmx_failure("VMREAD of the exit information", vm, e),
+        };
+        if exit.entry_failed {
+            log::error!(
+                "vm {}: VM entry failed: exit reason {}",
+                vm.name(),
+                exit.exit.reason.name()
+            );
+            vmx_failure(
+                "VM entry (invalid guest state or MSR loading)",
+                vm,
+                VmxError::VmFailInvalid,
+            );
+        }
+        let exit = exit.exit;
+        let j = &mut vm.vcpu.journal;
+        j.phase = Phase::Handling as u32;
+        j.exit_seq += 1;
+        j.exit_reason = exit.reason.index() as u32;
+        j.rip_at_exit = exit.rip;
+        vm.stats.exits += 1;
+        vm.stats.by_reason[exit.reason.index()] += 1;
+        if exit.reason == ExitReason::ExternalInterrupt {
+            acknowledge_external(exit.interruption_info);
+        }
+        let host = RealHost { caps: &caps };
+        let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
+        let mut ram = Ram::of(vm);
+        let msrs_before = vm.vcpu.msrs;
+        let outcome = match commit(
+            effect,
+            &exit,
+            vm,
+            &mut vmx::CurrentVmcs,
+            &mut ram,
+            &mut SerialSink,
+        ) {
+            Ok(outcome) => outcome,
+            Err(e) => vmx_failure("commit of a VM exit", vm, e),
+        };
+        if vm.vcpu.msrs != msrs_before {
+            load_swapped_msrs(&vm.vcpu.msrs);
+        }
+        // The whole step (entry, guest time, exit handling) is charged to the VM.
+        vm.stats.guest_tsc += rdtsc().saturating_sub(now);
+        let _ = exited_at;
+        self.apply(slot, outcome);
+        true
+    }
+
+    fn apply(&mut self, slot: usize, outcome: Outcome) {
+        let vm = &mut self.root.vms[slot];
+        match outcome {
+            Outcome::Resume => return,
+            Outcome::Yield => {}
+            Outcome::Halt => {
+                vm.set_state(VmState::Halted);
+                log::info!("vm {}: halted", vm.name());
+            }
+            Outcome::PowerOff => {
+                vm.set_state(VmState::Off);
+                log::info!("vm {}: powered off", vm.name());
+            }
+            Outcome::Stop(reason) => {
+                vm.set_state(VmState::Stopped);
+                vm.set_stop_reason(format_args!("{reason}"));
+                log::error!("vm {}: stopped: {reason}", vm.name());
+            }
+            Outcome::Reset => {
+                log::warn!(
+                    "vm {}: triple fault; resetting (on_triple_fault=reset)",
+                    vm.name()
+                );
+                let index = vm.config.module_index as usize;
+                let module = self.modules.get(index).copied();
+                match module.map(|m| self.reset_guest(slot, module_bytes(m))) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => vmx_failure("reset", &self.root.vms[slot], e),
+                    None => {
+                        let vm = &mut self.root.vms[slot];
+                        vm.set_state(VmState::Stopped);
+                        vm.set_stop_reason(format_args!("reset failed: module {index} is gone"));
+                    }
+                }
+            }
+        }
+        // Anything but Resume ends the slice.
+        self.slice_end = 0;
+    }
+
+    /// Makes `next`'s VMCS current and its MSRs live.
+    fn switch_to(&mut self, previous: Option<usize>, next: usize) {
+        if previous == Some(next) && self.current == Some(next) {
+            return;
+        }
+        if let Some(p) = self.current.filter(|&p| p != next) {
+            save_fpu(&mut self.root.vms[p]);
+        }
+        let vm = &mut self.root.vms[next];
+        // SAFETY: the VMCS page belongs to this VM and was initialised by reset_guest.
+        if let Err(e) = unsafe { vmx::vmptrld(vm.vcpu.vmcs) } {
+            vmx_failure("VMPTRLD", vm, e);
+        }
+        restore_fpu(vm, self.caps.xcr0);
+        load_swapped_msrs(&vm.vcpu.msrs);
+        self.current = Some(next);
+    }
+}
+
+/// The exit as read from the current VMCS.
+struct ReadExit {
+    exit: Exit,
+    entry_failed: bool,
+}
+
+fn read_exit(v: &impl VmcsAccess, regs: &GuestRegisters) -> Result<ReadExit, VmxError> {
+    use VmcsField as F;
+    let (reason, entry_failed) = ExitReason::from_raw(v.read(F::ExitReason)? as u32);
+    let mut exit = Exit {
+        reason,
+        qualification: v.read(F::ExitQualification)?,
+        instruction_len: v.read(F::ExitInstructionLength)?,
+        guest_physical: v.read(F::GuestPhysicalAddress)?,
+        rip: v.read(F::GuestRip)?,
+        rsp: v.read(F::GuestRsp)?,
+        rflags: v.read(F::GuestRflags)?,
+        cpl: ((v.read(F::GuestSsAccessRights)? >> 5) & 3) as u8,
+        cr0: v.read(F::GuestCr0)?,
+        cr4: v.read(F::GuestCr4)?,
+        cr0_shadow: v.read(F::Cr0ReadShadow)?,
+        cr4_shadow: v.read(F::Cr4ReadShadow)?,
+        efer: v.read(F::GuestIa32Efer)?,
+        entry_controls: v.read(F::EntryControls)?,
+        interruption_info: v.read(F::ExitInterruptionInfo)? as u32,
+        vmcs_msr_value: 0,
+    };
+    if reason == ExitReason::Rdmsr {
+        if let Some(field) = exits::vmcs_msr_field(regs.rcx as u32) {
+            exit.vmcs_msr_value = v.read(field)?;
+        }
+    }
+    Ok(ReadExit { exit, entry_failed })
+}
+
+/// A module's bytes through the identity map.
+pub fn module_bytes(m: Range) -> &'static [u8] {
+    // SAFETY: GRUB modules are excluded from every allocation (memory::plan) and never
+    // written, so a shared view of them is sound for the hypervisor's lifetime.
+    unsafe { core::slice::from_raw_parts(m.start as *const u8, m.len() as usize) }
+}
+
+/// Sends the EOI for an interrupt acknowledged by a VM exit (interruption info valid).
+fn acknowledge_external(info: u32) {
+    if info & (1 << 31) != 0 {
+        crate::arch::pic::end_of_interrupt(info as u8);
+    }
+}
+
+/// Loads the MSRs the VMCS does not switch (SDM Vol. 4, indices in `exits::msr`).
+fn load_swapped_msrs(m: &arena::SwappedMsrs) {
+    use exits::msr::*;
+    // SAFETY: these MSRs exist on every x86-64 CPU; the host never uses SYSCALL or SWAPGS,
+    // so guest values in them cannot affect it.
+    unsafe {
+        wrmsr(IA32_STAR, m.star);
+        wrmsr(IA32_LSTAR, m.lstar);
+        wrmsr(IA32_CSTAR, m.cstar);
+        wrmsr(IA32_FMASK, m.sfmask);
+        wrmsr(IA32_KERNEL_GS_BASE, m.kernel_gs_base);
+    }
+}
+
+/// Saves the guest FPU/SSE/AVX state of `vm` (it is live in the registers while the VM
+/// is current, since the host never touches it).
+fn save_fpu(vm: &mut VmRecord) {
+    if vm.vcpu.xsave == 0 || !xsave_enabled() {
+        return;
+    }
+    // SAFETY: the XSAVE area is this VM's arena page; XCR0 holds the VM's value.
+    unsafe { vmx::xsave(vm.vcpu.xsave, u64::MAX) };
+    vm.vcpu.fpu_saved = 1;
+}
+
+/// Makes `vm`'s XCR0 and FPU state live (a zeroed area restores the init state).
+fn restore_fpu(vm: &mut VmRecord, supported: u64) {
+    if vm.vcpu.xsave == 0 || !xsave_enabled() {
+        return;
+    }
+    let xcr0 = if vm.vcpu.xcr0 & !supported == 0 && vm.vcpu.xcr0 & 1 != 0 {
+        vm.vcpu.xcr0
+    } else {
+        1
+    };
+    // SAFETY: xcr0 was validated against the CPU's supported set; the area is the VM's
+    // own page, either written by XSAVE or zeroed (XSTATE_BV = 0: init state).
+    unsafe {
+        vmx::xsetbv(xcr0);
+        vmx::xrstor(vm.vcpu.xsave, u64::MAX);
+    }
+}
+
+fn xsave_enabled() -> bool {
+    crate::arch::instructions::control_registers()[3] & (1 << 18) != 0
+}
+
+impl Vms {
+    /// `vm list`: one line per VM.
+    pub fn list(&self, out: &mut dyn Write) -> fmt::Result {
+        let total: u64 = self.root.vms.iter().map(|vm| vm.stats.guest_tsc).sum();
+        let mut any = false;
+        for vm in self
+            .root
+            .vms
+            .iter()
+            .filter(|vm| vm.state() != Some(VmState::Free))
+        {
+            any = true;
+            let state = vm.state().map_or("corrupt", VmState::as_str);
+            write!(
+                out,
+                "{} id={} state={} exits={} share={}% mem={}",
+                vm.name(),
+                vm.id,
+                state,
+                vm.stats.exits,
+                scheduler::share_percent(vm.stats.guest_tsc, total),
+                format_size(vm.config.ram_size)
+            )?;
+            if vm.state() == Some(VmState::Stopped) {
+                write!(out, " reason=\"{}\"", vm.stop_reason())?;
+            }
+            writeln!(out)?;
+        }
+        if !any {
+            writeln!(out, "no VMs")?;
+        }
+        Ok(())
+    }
+
+    /// `vm stats NAME`: the counters and the exits by reason.
+    pub fn stats(&self, name: &str, out: &mut dyn Write) -> fmt::Result {
+        let Some(slot) = self.root.find_vm(name) else {
+            return writeln!(out, "error: vm: no VM named '{name}'");
+        };
+        let s = &self.root.vms[slot].stats;
+        writeln!(
+            out,
+            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={}",
+            s.exits, s.guest_tsc, s.unclaimed_io, s.unknown_msr, s.hypercalls, s.hypercall_errors
+        )?;
+        for reason in ExitReason::ALL {
+            let n = s.by_reason[reason.index()];
+            if n != 0 {
+                writeln!(out, "exit {} {}", reason.name(), n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `vm stop NAME`.
+    pub fn stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+        let Some(slot) = self.root.find_vm(name) else {
+            return writeln!(out, "error: vm: no VM named '{name}'");
+        };
+        let vm = &mut self.root.vms[slot];
+        match vm.state() {
+            Some(VmState::Runnable | VmState::Halted) => {
+                vm.set_state(VmState::Stopped);
+                vm.set_stop_reason(format_args!("stopped by the operator"));
+                log::info!("vm {name}: stopped: stopped by the operator");
+                writeln!(out, "vm {name}: stopped")
+            }
+            Some(state) => writeln!(out, "error: vm: {name} is already {}", state.as_str()),
+            None => writeln!(out, "error: vm: {name} has a corrupt state"),
+        }
+    }
+}
