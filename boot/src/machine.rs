@@ -102,6 +102,7 @@ impl Machine for BootMachine {
 pub fn run_console(machine: &mut BootMachine) -> ! {
     let mut editor = LineEditor::new();
     serial::write_str(PROMPT);
+    serial::set_prompt_line(&[PROMPT.as_bytes()]);
     loop {
         let Some(byte) = serial::try_read_byte() else {
             let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
@@ -115,6 +116,11 @@ pub fn run_console(machine: &mut BootMachine) -> ! {
             Event::None => continue,
             Event::Echo(bytes) => {
                 serial::write_bytes(bytes);
+                if bytes.starts_with(b"\r") {
+                    // Ctrl-U erased the whole line, prompt included: draw the prompt again.
+                    serial::write_str(PROMPT);
+                }
+                serial::set_prompt_line(&[PROMPT.as_bytes(), editor.typed()]);
                 continue;
             }
             Event::Cancel => reply.push_str("^C\n").unwrap_or(()),
@@ -125,6 +131,7 @@ pub fn run_console(machine: &mut BootMachine) -> ! {
                 );
             }
             Event::Line(line) => {
+                serial::set_prompt_line(&[]);
                 serial::write_str("\n");
                 let result = match shell::parse(line) {
                     Ok(Some(cmd)) => shell::execute(cmd, machine, &mut reply),
@@ -137,7 +144,9 @@ pub fn run_console(machine: &mut BootMachine) -> ! {
                 }
             }
         }
+        serial::set_prompt_line(&[]);
         serial::write_str(&reply);
         serial::write_str(PROMPT);
+        serial::set_prompt_line(&[PROMPT.as_bytes()]);
     }
 }

@@ -43,9 +43,22 @@ pub enum Firmware {
 
 /// Builds (through `scripts/image`, exactly as a user would) an ISO with `cmdline`.
 pub fn image(dir: &Path, cmdline: &str, firmware: Firmware) -> PathBuf {
+    image_with_modules(dir, cmdline, firmware, &[])
+}
+
+/// Like [`image`], with GRUB modules: (file, module string).
+pub fn image_with_modules(
+    dir: &Path,
+    cmdline: &str,
+    firmware: Firmware,
+    modules: &[(&Path, &str)],
+) -> PathBuf {
     let iso = dir.join("lazarus.iso");
     let mut cmd = Command::new(root().join("scripts/image"));
     cmd.arg("--out").arg(&iso).arg("--cmdline").arg(cmdline);
+    for (file, words) in modules {
+        cmd.arg("--module").arg(file).arg(words);
+    }
     if firmware == Firmware::BiosOnly {
         cmd.arg("--bios-only");
     }
@@ -246,7 +259,7 @@ impl Machine {
         let deadline = Instant::now() + timeout;
         loop {
             while let Some(nl) = self.pending.find('\n') {
-                let line: String = self.pending[..nl].to_string();
+                let line = visible(&self.pending[..nl]).to_string();
                 self.pending.drain(..=nl);
                 if re.is_match(&line) {
                     return line;
@@ -303,12 +316,40 @@ impl Machine {
     }
 
     /// Runs a console command and returns its reply: the lines between the echoed
-    /// command and the next prompt.
+    /// command and the next prompt (a reply is printed in one piece, so VM output
+    /// cannot interleave with it).
     pub fn command(&mut self, text: &str) -> String {
         self.send_line(text);
-        let reply = self.wait_prompt(Duration::from_secs(30));
-        let reply = reply.strip_prefix(text).unwrap_or(&reply);
-        reply.trim_start_matches('\n').to_string()
+        let echo = format!("^(?:{})?{}$", regex::escape(PROMPT), regex::escape(text));
+        self.expect_line(&echo, Duration::from_secs(60));
+        self.wait_prompt(Duration::from_secs(30))
+    }
+
+    /// Waits until `text` has appeared anywhere in the console output (consumed or not):
+    /// for waiting on one VM's progress while others print too.
+    pub fn wait_for_text(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut from = 0;
+        loop {
+            if self.seen[from..].contains(text) {
+                return;
+            }
+            from = self.seen.len().saturating_sub(text.len());
+            while !self.seen.is_char_boundary(from) {
+                from -= 1;
+            }
+            if Instant::now() > deadline || !self.pump() {
+                panic!(
+                    "'{text}' did not appear within {timeout:?}\n{}",
+                    self.context()
+                );
+            }
+        }
+    }
+
+    /// Every complete console line so far, as a terminal would show it.
+    pub fn lines(&self) -> Vec<String> {
+        self.seen.lines().map(|l| visible(l).to_string()).collect()
     }
 
     /// Waits until the emulator exits on its own (the console closes first).
@@ -342,6 +383,40 @@ impl Drop for Machine {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a terminal shows of a raw line: output that replaced the prompt line starts
+/// after the last erase-line sequence (README, "Console").
+pub fn visible(raw: &str) -> &str {
+    raw.rsplit("\x1b[K").next().unwrap_or(raw)
+}
+
+/// The checksum a test guest's `work` iteration `n` must report: xorshift64 (13, 7, 17)
+/// seeded with `n` fills 8192 little-endian words, FNV-1a 64 hashes their bytes
+/// (guests/testguest/src/main.rs documents it).
+pub fn pattern_checksum(n: u64) -> u64 {
+    let mut x = n;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for _ in 0..8192 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        for byte in x.to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Builds the in-tree test guest (`cargo guests`) and returns its ELF.
+pub fn test_guest() -> PathBuf {
+    let status = Command::new("cargo")
+        .current_dir(root())
+        .args(["guests", "--quiet"])
+        .status()
+        .expect("run cargo guests");
+    assert!(status.success(), "cargo guests failed");
+    root().join("target/x86_64-unknown-none/release/testguest")
 }
 
 /// Parses a size as the console prints it ("584 KiB", "1.5 MiB", "8 MiB") into bytes.

@@ -13,9 +13,20 @@ pub const COM1: u16 = 0x3f8;
 
 struct Serial {
     uart: Option<Uart16550<PioBackend>>,
+    /// What the interactive prompt line shows (prompt and typed text) while the operator
+    /// is typing; empty when no prompt is on screen.
+    prompt: [u8; PROMPT_MAX],
+    prompt_len: usize,
 }
 
-static SERIAL: Mutex<Serial> = Mutex::new(Serial { uart: None });
+/// Longest prompt line kept for redrawing.
+const PROMPT_MAX: usize = 256;
+
+static SERIAL: Mutex<Serial> = Mutex::new(Serial {
+    uart: None,
+    prompt: [0; PROMPT_MAX],
+    prompt_len: 0,
+});
 
 /// Programs COM1 (115200 8N1, FIFOs on). Returns false when no UART answers at COM1; the
 /// hypervisor still runs then, silently.
@@ -30,7 +41,9 @@ pub fn init() -> bool {
         ..Config::DEFAULT
     };
     let ok = uart.init(config).is_ok();
-    SERIAL.lock().uart = ok.then_some(uart);
+    let mut serial = SERIAL.lock();
+    serial.uart = ok.then_some(uart);
+    serial.prompt_len = 0;
     ok
 }
 
@@ -48,6 +61,41 @@ pub fn write_str(s: &str) {
             }
         }
     }
+}
+
+/// Writes one complete line (`line` ends with '\n') that is not a reply to the operator:
+/// a log line or a VM's output. If a prompt is on screen, the line replaces it
+/// (carriage return, erase to end of line: ECMA-48 EL) and the prompt with whatever was
+/// typed so far is drawn again below, so output and typing never mix on one line.
+pub fn write_line(line: &str) {
+    let visible = SERIAL.lock().prompt_len;
+    if visible == 0 {
+        write_str(line);
+        return;
+    }
+    write_bytes(b"\r\x1b[K");
+    write_str(line);
+    let mut serial = SERIAL.lock();
+    let Serial {
+        uart,
+        prompt,
+        prompt_len,
+    } = &mut *serial;
+    if let Some(uart) = uart.as_mut() {
+        uart.send_bytes_exact(&prompt[..*prompt_len]);
+    }
+}
+
+/// Records what the prompt line now shows (prompt and typed text); empty: no prompt.
+pub fn set_prompt_line(parts: &[&[u8]]) {
+    let mut serial = SERIAL.lock();
+    let mut len = 0;
+    for part in parts {
+        let n = part.len().min(PROMPT_MAX - len);
+        serial.prompt[len..len + n].copy_from_slice(&part[..n]);
+        len += n;
+    }
+    serial.prompt_len = len;
 }
 
 /// Writes raw bytes (no newline translation): echo of typed characters.

@@ -50,6 +50,15 @@ impl LineEditor {
         }
     }
 
+    /// The text typed so far on the current line.
+    pub fn typed(&self) -> &[u8] {
+        if self.done {
+            &[]
+        } else {
+            &self.buf[..self.len.min(MAX_LINE)]
+        }
+    }
+
     /// Feeds one received byte.
     pub fn feed(&mut self, byte: u8) -> Event<'_> {
         if self.done {

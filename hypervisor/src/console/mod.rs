@@ -45,7 +45,7 @@ pub mod logger {
                 let _ = line.push_str(" [...]");
             }
             let _ = line.push('\n');
-            serial::write_str(&line);
+            serial::write_line(&line);
         }
 
         fn flush(&self) {}

@@ -195,7 +195,7 @@ impl ConsoleSink for SerialSink {
     fn vm_line(&mut self, vm: &str, line: &str) {
         let mut out: heapless::String<{ arena::CONSOLE_LINE + 32 }> = heapless::String::new();
         let _ = writeln!(out, "[{vm}] {line}");
-        serial::write_str(&out);
+        serial::write_line(&out);
     }
 }
 

@@ -1,0 +1,277 @@
+//! Virtual machines on emulated VT-x (Bochs): several test guests side by side with
+//! checked workloads, bad guests stopped without harming the others, fair CPU sharing,
+//! and the `vm` console commands. Test guests: guests/testguest (its module doc lists the
+//! lines it prints).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lazarus_tests::{
+    image_with_modules, pattern_checksum, test_guest, work_dir, Firmware, Machine, Platform, Regex,
+};
+
+const BOOT: Duration = Duration::from_secs(120);
+const RUN: Duration = Duration::from_secs(120);
+
+fn boot(name: &str, vms: &[&str]) -> Machine {
+    let dir = work_dir(name);
+    let guest = test_guest();
+    let modules: Vec<(&std::path::Path, &str)> =
+        vms.iter().map(|v| (guest.as_path(), *v)).collect();
+    let iso = image_with_modules(&dir, "", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m
+}
+
+/// Every `[VM] seq=N sum=0x... ok` line seen so far, per VM, checked: the checksum is the
+/// one iteration N must produce, the sequence has no gap, and no line says CORRUPT.
+fn checked_sequences(m: &Machine) -> HashMap<String, u64> {
+    let re =
+        Regex::new(r"^\[([a-z0-9_-]+)\] seq=(\d+) sum=0x([0-9a-f]{16}) (ok|expected=.*)$").unwrap();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for line in m.lines() {
+        assert!(
+            !line.contains("CORRUPT"),
+            "guest reported corruption: {line}"
+        );
+        let Some(c) = re.captures(&line) else {
+            continue;
+        };
+        let (vm, n) = (c[1].to_string(), c[2].parse::<u64>().unwrap());
+        let sum = u64::from_str_radix(&c[3], 16).unwrap();
+        assert_eq!(&c[4], "ok", "{line}");
+        assert_eq!(sum, pattern_checksum(n), "wrong checksum in: {line}");
+        let expected = last.get(&vm).map_or(1, |p| p + 1);
+        assert_eq!(n, expected, "sequence gap for {vm}: {line}");
+        last.insert(vm, n);
+    }
+    last
+}
+
+/// Waits until VM `vm` has printed work line `seq`.
+fn wait_seq(m: &mut Machine, vm: &str, seq: u64) {
+    m.wait_for_text(&format!("[{vm}] seq={seq} sum="), RUN);
+}
+
+#[test]
+fn three_vms_run_side_by_side_with_correct_checksums() {
+    let mut m = boot(
+        "vms_three",
+        &[
+            "vm=alpha elf mem=16M mode=work",
+            "vm=beta elf mem=8M mode=work",
+            "vm=gamma elf mem=8M mode=work burn=2",
+            "vm=alpha elf mem=4M mode=work",
+            "vm=Bad elf",
+            "vm=huge elf mem=1G",
+        ],
+    );
+    let t = m.lines().join("\n");
+    for vm in ["alpha", "beta", "gamma"] {
+        assert!(
+            t.contains(&format!("[lazarus] INFO  vm {vm}: created: id=")),
+            "{vm} not created"
+        );
+    }
+    assert!(t.contains("[lazarus] ERROR vm alpha: not created: a VM with this name exists"));
+    assert!(t.contains("[lazarus] ERROR vm: module 4 (\"vm=Bad elf\"): bad VM name 'Bad'"));
+    assert!(t.contains(
+        "[lazarus] ERROR vm huge: not created: not enough free memory: needs 1 GiB in one piece"
+    ));
+
+    for vm in ["alpha", "beta", "gamma"] {
+        wait_seq(&mut m, vm, 5);
+    }
+    // What each guest saw of its virtual machine.
+    let lines = m.lines();
+    for (vm, id) in [("alpha", 1), ("beta", 2), ("gamma", 3)] {
+        for expected in [
+            format!("[{vm}] cpuid vendor=GenuineIntel"),
+            format!("[{vm}] io port=0x80 in=0xff"),
+            format!("[{vm}] msr 0x10 ok"),
+            format!("[{vm}] msr 0xdeadbeef gp"),
+            format!("[{vm}] hypercall unknown=-1 fault=-2 invalid=-3"),
+            format!("[{vm}] identity id={id} name={vm}"),
+        ] {
+            assert!(lines.contains(&expected), "missing: {expected}");
+        }
+    }
+
+    let list = m.command("vm list");
+    let re = Regex::new(r"^(\w+) id=(\d+) state=(\w+) exits=(\d+) share=(\d+)% mem=(.+)$").unwrap();
+    let rows: Vec<_> = list.lines().filter_map(|l| re.captures(l)).collect();
+    assert_eq!(rows.len(), 3, "{list}");
+    for row in &rows {
+        assert_eq!(&row[3], "running", "{list}");
+        assert!(row[4].parse::<u64>().unwrap() > 10, "{list}");
+    }
+    let stats = m.command("vm stats alpha");
+    let first = stats.lines().next().unwrap_or_default();
+    let counter = |name: &str| -> u64 {
+        let re = Regex::new(&format!(r"\b{name}=(\d+)")).unwrap();
+        re.captures(first)
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))[1]
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        counter("unclaimed_io") >= 2,
+        "one OUT and one IN to port 0x80: {stats}"
+    );
+    assert!(counter("unknown_msr") >= 1, "{stats}");
+    assert!(
+        counter("hypercalls") >= 10 && counter("hypercall_errors") >= 3,
+        "{stats}"
+    );
+    for reason in ["cpuid", "io", "rdmsr", "vmcall"] {
+        assert!(
+            stats
+                .lines()
+                .any(|l| l.starts_with(&format!("exit {reason} "))),
+            "no {reason} exits: {stats}"
+        );
+    }
+
+    // Stopping one VM leaves the other two running and correct.
+    assert_eq!(
+        m.command("vm stop beta"),
+        "[lazarus] INFO  vm beta: stopped: stopped by the operator\nvm beta: stopped\n"
+    );
+    let beta_last = checked_sequences(&m)["beta"];
+    let alpha_now = checked_sequences(&m)["alpha"];
+    let gamma_now = checked_sequences(&m)["gamma"];
+    wait_seq(&mut m, "alpha", alpha_now + 5);
+    wait_seq(&mut m, "gamma", gamma_now + 3);
+    let last = checked_sequences(&m);
+    assert!(
+        last["beta"] <= beta_last + 1,
+        "beta kept running after vm stop"
+    );
+    assert!(m.command("vm list").contains("beta id=2 state=stopped"));
+    assert_eq!(
+        m.command("vm stop nobody"),
+        "error: vm: no VM named 'nobody'\n"
+    );
+}
+
+#[test]
+fn bad_guests_are_stopped_and_the_good_one_is_unharmed() {
+    let mut m = boot(
+        "vms_bad",
+        &[
+            // 16 MiB at host 0x800000 (the first allocation): the others aim at it.
+            "vm=good elf mem=16M mode=work",
+            "vm=arena elf mem=4M mode=wild-write addr=0xf600000",
+            "vm=neighbour elf mem=4M mode=wild-write addr=0x1000000",
+            "vm=nowhere elf mem=4M mode=wild-read addr=0x100000000",
+            "vm=tf elf mem=4M mode=triple-fault",
+            "vm=tfr elf mem=4M mode=triple-fault on_triple_fault=reset",
+            "vm=halter elf mem=4M mode=hlt",
+            "vm=user elf mem=4M mode=user-hypercall",
+        ],
+    );
+    let t = m.lines().join("\n");
+    assert!(
+        t.contains("[lazarus] INFO  vm good: created: id=1 mem=16 MiB ram=[0x800000, 0x1800000)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("[lazarus] INFO  arena: 8 MiB at 0xf600000"),
+        "{t}"
+    );
+    let ept = |vm: &str, access: &str, addr: &str| {
+        format!(
+            r"^\[lazarus\] ERROR vm {vm}: stopped: EPT violation: {access} at guest-physical {addr} \(rip 0x[0-9a-f]+\)$"
+        )
+    };
+    // The stop lines may come in any order; collect them all first.
+    let wanted = [
+        ept("arena", "write", "0xf600000"),
+        ept("neighbour", "write", "0x1000000"),
+        ept("nowhere", "read", "0x100000000"),
+        r"^\[lazarus\] ERROR vm tf: stopped: triple fault \(rip 0x[0-9a-f]+\)$".to_string(),
+        r"^\[lazarus\] INFO  vm halter: halted$".to_string(),
+        r"^\[user\] user-hypercall result=-4$".to_string(),
+        r"^\[lazarus\] WARN  vm tfr: triple fault; resetting \(on_triple_fault=reset\)$"
+            .to_string(),
+    ];
+    wait_seq(&mut m, "good", 10);
+    let deadline = std::time::Instant::now() + RUN;
+    loop {
+        let lines = m.lines();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|p| !lines.iter().any(|l| Regex::new(p).unwrap().is_match(l)))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never seen: {missing:?}"
+        );
+        let next = checked_sequences(&m).get("good").copied().unwrap_or(0) + 1;
+        wait_seq(&mut m, "good", next);
+    }
+    let lines = m.lines();
+    assert!(!lines
+        .iter()
+        .any(|l| l.contains("wild-write survived") || l.contains("wild-read survived")));
+    assert!(!lines.iter().any(|l| l.contains("user-hypercall leaked")));
+    // The reset VM really started again.
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("[tfr] start name=tfr"))
+            .count()
+            >= 2
+    );
+
+    // The good VM kept its memory intact through all of it, and keeps going.
+    let now = checked_sequences(&m)["good"];
+    wait_seq(&mut m, "good", now + 5);
+    checked_sequences(&m);
+    let list = m.command("vm list");
+    assert!(list.contains("good id=1 state=running"), "{list}");
+    assert!(
+        list.contains("arena id=2 state=stopped") && list.contains("reason=\"EPT violation: write"),
+        "{list}"
+    );
+    assert!(list.contains("halter id=7 state=halted"), "{list}");
+}
+
+#[test]
+fn busy_vms_each_get_a_fair_share_of_the_cpu() {
+    let mut m = boot(
+        "vms_fair",
+        &[
+            "vm=spin1 elf mem=4M mode=spin",
+            "vm=spin2 elf mem=4M mode=spin",
+            "vm=worker elf mem=8M mode=work burn=4",
+        ],
+    );
+    m.expect_line(r"^\[spin1\] spinning$", RUN);
+    m.expect_line(r"^\[spin2\] spinning$", RUN);
+    // The worker makes progress although two VMs never exit on their own.
+    wait_seq(&mut m, "worker", 20);
+    checked_sequences(&m);
+    let list = m.command("vm list");
+    let re = Regex::new(r"^(\w+) id=\d+ state=running exits=\d+ share=(\d+)% ").unwrap();
+    let shares: Vec<(String, u64)> = list
+        .lines()
+        .filter_map(|l| re.captures(l))
+        .map(|c| (c[1].to_string(), c[2].parse().unwrap()))
+        .collect();
+    assert_eq!(shares.len(), 3, "{list}");
+    for (vm, share) in &shares {
+        assert!(*share >= 20, "{vm} got only {share}% of the CPU:\n{list}");
+    }
+    let stats = m.command("vm stats spin1");
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("exit preemption_timer ")),
+        "{stats}"
+    );
+}
