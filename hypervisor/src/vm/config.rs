@@ -18,8 +18,9 @@ use crate::cmdline::parse_size;
 pub const DEFAULT_MEM: u64 = 16 << 20;
 /// The smallest guest RAM: page tables and start info below 1 MiB, the image above.
 pub const MIN_MEM: u64 = 4 << 20;
-/// The largest guest RAM a VM may ask for.
-pub const MAX_MEM: u64 = 64 << 30;
+/// The largest guest RAM a VM may ask for (an ELF guest's identity map must fit below
+/// its start-info page: see `machine`).
+pub const MAX_MEM: u64 = 8 << 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -212,6 +213,6 @@ mod tests {
             std::format!("{}", SpecError::UnknownRole("kernel")),
             "unknown role 'kernel' (supported: elf)"
         );
-        assert!(std::format!("{}", SpecError::BadMem("3M")).contains("from 4 MiB to 64 GiB"));
+        assert!(std::format!("{}", SpecError::BadMem("3M")).contains("from 4 MiB to 8 GiB"));
     }
 }
