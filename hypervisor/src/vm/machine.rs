@@ -97,12 +97,18 @@ impl Caps {
 /// Physical memory through the identity map, as the EPT builder sees it.
 struct ArenaTables<'a> {
     root: &'a mut ArenaRoot,
+    /// Pages handed out, so a failed build can give them back.
+    taken: heapless::Vec<u64, 64>,
 }
 
 impl TableMemory for ArenaTables<'_> {
     fn alloc_table(&mut self) -> Option<u64> {
+        if self.taken.is_full() {
+            return None;
+        }
         let page = self.root.alloc_page()?;
         zero_page(page);
+        let _ = self.taken.push(page);
         Some(page)
     }
 
@@ -227,7 +233,6 @@ pub enum CreateError<'a> {
     TooLarge,
     Elf(crate::loader::ElfError),
     ArenaFull,
-    Vmx(VmxError),
 }
 
 impl fmt::Display for CreateError<'_> {
@@ -249,7 +254,6 @@ impl fmt::Display for CreateError<'_> {
             ),
             Self::Elf(e) => write!(f, "ELF: {e}"),
             Self::ArenaFull => f.write_str("the arena has no free pages (raise arena=)"),
-            Self::Vmx(e) => write!(f, "VMX: {e}"),
         }
     }
 }
@@ -368,31 +372,36 @@ impl Vms {
         vm.vcpu.xsave = xsave;
         let mut tables = ArenaTables {
             root: &mut *self.root,
+            taken: heapless::Vec::new(),
+        };
+        let all = Access {
+            read: true,
+            write: true,
+            execute: true,
+        };
+        let mapping = Mapping {
+            gpa: 0,
+            hpa: ram.start,
+            len: spec.mem,
+            access: all,
         };
         let ept = Ept::new(&mut tables)
-            .and_then(|ept| {
-                let all = Access {
-                    read: true,
-                    write: true,
-                    execute: true,
-                };
-                ept.map(
-                    &mut tables,
-                    &Mapping {
-                        gpa: 0,
-                        hpa: ram.start,
-                        len: spec.mem,
-                        access: all,
-                    },
-                    &self.caps.ept,
-                )
-                .map(|()| ept)
-            })
-            .map_err(|_| CreateError::ArenaFull)?;
+            .and_then(|ept| ept.map(&mut tables, &mapping, &self.caps.ept).map(|()| ept));
+        let Ok(ept) = ept else {
+            // Give back everything taken for this VM: its RAM and its arena pages.
+            let taken = core::mem::take(&mut tables.taken);
+            let _ = free.free(ram);
+            for page in [vmcs, xsave].into_iter().chain(taken) {
+                let _ = self.root.free_page(page);
+            }
+            return Err(CreateError::ArenaFull);
+        };
         vm.ept_root = ept.pml4;
         self.root.next_vm_id += 1;
         self.root.vms[slot] = vm;
-        self.reset_guest(slot, module).map_err(CreateError::Vmx)?;
+        if let Err(e) = self.reset_guest(slot, module) {
+            vmx_failure("VMCS setup", &self.root.vms[slot], e);
+        }
         self.root.vms[slot].set_state(VmState::Runnable);
         let vm = &self.root.vms[slot];
         log::info!(
@@ -729,7 +738,7 @@ impl Vms {
         let j = &mut vm.vcpu.journal;
         j.phase = Phase::Handling as u32;
         j.exit_seq += 1;
-        j.exit_reason = exit.reason.index() as u32;
+        j.exit_reason = u32::from(exit.reason.basic());
         j.rip_at_exit = exit.rip;
         vm.stats.exits += 1;
         vm.stats.by_reason[exit.reason.index()] += 1;
