@@ -169,6 +169,8 @@ fn bad_guests_are_stopped_and_the_good_one_is_unharmed() {
             "vm=tfr elf mem=4M mode=triple-fault on_triple_fault=reset",
             "vm=halter elf mem=4M mode=hlt",
             "vm=user elf mem=4M mode=user-hypercall",
+            // The hypervisor image's host address is, to a VM, just its own RAM.
+            "vm=hvimage elf mem=4M mode=wild-write addr=0x200000",
         ],
     );
     let t = m.lines().join("\n");
@@ -193,6 +195,7 @@ fn bad_guests_are_stopped_and_the_good_one_is_unharmed() {
         r"^\[lazarus\] ERROR vm tf: stopped: triple fault \(rip 0x[0-9a-f]+\)$".to_string(),
         r"^\[lazarus\] INFO  vm halter: halted$".to_string(),
         r"^\[user\] user-hypercall result=-4$".to_string(),
+        r"^\[hvimage\] wild-write survived$".to_string(),
         r"^\[lazarus\] WARN  vm tfr: triple fault; resetting \(on_triple_fault=reset\)$"
             .to_string(),
     ];
@@ -215,9 +218,15 @@ fn bad_guests_are_stopped_and_the_good_one_is_unharmed() {
         wait_seq(&mut m, "good", next);
     }
     let lines = m.lines();
-    assert!(!lines
-        .iter()
-        .any(|l| l.contains("wild-write survived") || l.contains("wild-read survived")));
+    for vm in ["arena", "neighbour", "nowhere"] {
+        let prefix = format!("[{vm}] wild-");
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.starts_with(&prefix) && l.ends_with(" survived")),
+            "{vm} reached memory outside its RAM"
+        );
+    }
     assert!(!lines.iter().any(|l| l.contains("user-hypercall leaked")));
     // The reset VM really started again.
     assert!(

@@ -29,7 +29,7 @@ pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"LZARENA1");
 /// Bumped whenever any `#[repr(C)]` type in the arena changes shape.
 pub const LAYOUT_VERSION: u32 = 1;
 /// How many VMs the table holds.
-pub const MAX_VMS: usize = 8;
+pub const MAX_VMS: usize = 16;
 /// Longest VM name (bytes, ASCII).
 pub const NAME_LEN: usize = 16;
 /// The guest-visible argument string of a VM (module words Lazarus did not interpret).
