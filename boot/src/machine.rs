@@ -95,6 +95,20 @@ impl Machine for BootMachine {
             None => writeln!(out, "error: vm: VMX is not running"),
         }
     }
+
+    fn vm_reset(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+        match &mut self.vms {
+            Some(vms) => vms.reset(name, out),
+            None => writeln!(out, "error: vm: VMX is not running"),
+        }
+    }
+
+    fn vm_create(&mut self, words: &str, out: &mut dyn Write) -> fmt::Result {
+        match &mut self.vms {
+            Some(vms) => vms.create_from_console(words, &mut self.layout.free, out),
+            None => writeln!(out, "error: vm: VMX is not running"),
+        }
+    }
 }
 
 /// Runs the VMs and the console, forever (until `shutdown`): between two VM exits,

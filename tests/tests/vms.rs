@@ -284,3 +284,46 @@ fn busy_vms_each_get_a_fair_share_of_the_cpu() {
         "{stats}"
     );
 }
+
+#[test]
+fn vms_are_reset_and_created_from_the_console() {
+    let mut m = boot("vms_console", &["vm=alpha elf mem=8M mode=work burn=20"]);
+    wait_seq(&mut m, "alpha", 3);
+    assert_eq!(
+        m.command("vm reset alpha"),
+        "[lazarus] INFO  vm alpha: reset by the operator\nvm alpha: reset\n"
+    );
+    // It starts again from the beginning (the reply was consumed, so these are new lines).
+    m.expect_line(
+        r"^\[alpha\] start name=alpha id=1 mem=8388608 mode=work$",
+        RUN,
+    );
+    m.expect_line(r"^\[alpha\] seq=1 sum=0x10df206665fccc2f ok$", RUN);
+    let starts = m
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("[alpha] start name=alpha"))
+        .count();
+    assert_eq!(starts, 2);
+
+    let reply = m.command("vm create module=0 vm=delta elf mem=8M mode=work burn=20");
+    assert!(reply.ends_with("vm delta: created\n"), "{reply}");
+    assert!(
+        reply.contains("[lazarus] INFO  vm delta: created: id=2 mem=8 MiB"),
+        "{reply}"
+    );
+    wait_seq(&mut m, "delta", 3);
+    assert_eq!(
+        m.command("vm create module=7 vm=echo elf"),
+        "error: vm create: no boot module '7' (there are 1)\n"
+    );
+    assert_eq!(
+        m.command("vm create module=0 vm=alpha elf"),
+        "error: vm alpha: not created: a VM with this name exists\n"
+    );
+    assert_eq!(
+        m.command("vm create vm=echo elf"),
+        "error: vm create: missing module=N (the boot module holding the image)\n"
+    );
+    assert!(m.command("vm list").contains("delta id=2 state=running"));
+}

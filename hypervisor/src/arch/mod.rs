@@ -7,5 +7,6 @@ pub mod instructions;
 pub mod pic;
 pub mod power;
 pub mod serial;
+pub mod tsc;
 pub mod vmentry;
 pub mod vmx;

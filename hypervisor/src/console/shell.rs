@@ -22,6 +22,9 @@ pub enum Command<'a> {
     VmList,
     VmStats(&'a str),
     VmStop(&'a str),
+    VmReset(&'a str),
+    /// `vm create module=N WORDS...`: the words after `create`.
+    VmCreate(&'a str),
 }
 
 /// Why a line was refused.
@@ -64,7 +67,7 @@ impl fmt::Display for ShellError<'_> {
             Self::UnknownVmCommand(c) => {
                 write!(
                     f,
-                    "error: vm: unknown subcommand '{c}' (list, stats NAME, stop NAME)"
+                    "error: vm: unknown subcommand '{c}' (list, stats NAME, stop NAME, reset NAME, create module=N WORDS)"
                 )
             }
         }
@@ -82,6 +85,10 @@ commands:
   vm list         every VM: state, exits, CPU share, memory
   vm stats NAME   a VM's counters and its exits by reason
   vm stop NAME    stop a VM for good
+  vm reset NAME   restart a VM from its module
+  vm create module=N WORDS
+                  create a VM from boot module N (see README: VMs), e.g.
+                  vm create module=0 vm=delta elf mem=8M mode=work
   shutdown        power the machine off
 ";
 
@@ -128,6 +135,22 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
                 None | Some("list") => Command::VmList,
                 Some("stats") => Command::VmStats(name("vm stats")?),
                 Some("stop") => Command::VmStop(name("vm stop")?),
+                Some("reset") => Command::VmReset(name("vm reset")?),
+                Some("create") => {
+                    let rest = line
+                        .trim_start()
+                        .strip_prefix("vm")
+                        .unwrap_or("")
+                        .trim_start();
+                    let rest = rest.strip_prefix("create").unwrap_or("").trim();
+                    if rest.is_empty() {
+                        return Err(ShellError::MissingArgument {
+                            command: "vm create",
+                            expected: "module=N and a VM description",
+                        });
+                    }
+                    return Ok(Some(Command::VmCreate(rest)));
+                }
                 Some(other) => return Err(ShellError::UnknownVmCommand(other)),
             };
             let limit = if matches!(cmd, Command::VmList) { 2 } else { 3 };
@@ -168,6 +191,8 @@ pub trait Machine {
     fn vm_list(&self, out: &mut dyn Write) -> fmt::Result;
     fn vm_stats(&self, name: &str, out: &mut dyn Write) -> fmt::Result;
     fn vm_stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result;
+    fn vm_reset(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result;
+    fn vm_create(&mut self, words: &str, out: &mut dyn Write) -> fmt::Result;
 }
 
 /// Runs `cmd`, writing its reply to `out`.
@@ -204,6 +229,8 @@ pub fn execute(cmd: Command<'_>, machine: &mut dyn Machine, out: &mut dyn Write)
         Command::VmList => machine.vm_list(out),
         Command::VmStats(name) => machine.vm_stats(name, out),
         Command::VmStop(name) => machine.vm_stop(name, out),
+        Command::VmReset(name) => machine.vm_reset(name, out),
+        Command::VmCreate(words) => machine.vm_create(words, out),
     }
 }
 
@@ -245,6 +272,12 @@ mod tests {
         fn vm_stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
             self.stopped = Some(name.into());
             writeln!(out, "vm {name}: stopped")
+        }
+        fn vm_reset(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "vm {name}: reset")
+        }
+        fn vm_create(&mut self, words: &str, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "create [{words}]")
         }
     }
 
@@ -318,7 +351,7 @@ mod tests {
         );
         assert_eq!(
             run("vm reboot x", &mut m),
-            "error: vm: unknown subcommand 'reboot' (list, stats NAME, stop NAME)\n"
+            "error: vm: unknown subcommand 'reboot' (list, stats NAME, stop NAME, reset NAME, create module=N WORDS)\n"
         );
         assert_eq!(
             run("vm list x", &mut m),

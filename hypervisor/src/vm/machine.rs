@@ -979,6 +979,69 @@ impl Vms {
         Ok(())
     }
 
+    /// `vm reset NAME`: the VM starts again from its module, whatever state it was in.
+    pub fn reset(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+        let Some(slot) = self.root.find_vm(name) else {
+            return writeln!(out, "error: vm: no VM named '{name}'");
+        };
+        let index = self.root.vms[slot].config.module_index as usize;
+        let Some(&module) = self.modules.get(index) else {
+            return writeln!(out, "error: vm: {name}: its module {index} is gone");
+        };
+        if let Err(e) = self.reset_guest(slot, module_bytes(module)) {
+            vmx_failure("reset", &self.root.vms[slot], e);
+        }
+        let vm = &mut self.root.vms[slot];
+        vm.set_state(VmState::Runnable);
+        vm.set_stop_reason(format_args!(""));
+        log::info!("vm {name}: reset by the operator");
+        writeln!(out, "vm {name}: reset")
+    }
+
+    /// `vm create module=N WORDS`: a new VM from boot module N, described by WORDS as a
+    /// module string would be.
+    pub fn create_from_console(
+        &mut self,
+        words: &str,
+        free: &mut FrameAllocator<FREE_RANGES>,
+        out: &mut dyn Write,
+    ) -> fmt::Result {
+        let mut index = None;
+        let mut rest: heapless::String<{ crate::console::line::MAX_LINE }> =
+            heapless::String::new();
+        for word in words.split_ascii_whitespace() {
+            match word.strip_prefix("module=") {
+                Some(n) => index = Some(n),
+                None => {
+                    let _ = rest.push_str(word);
+                    let _ = rest.push(' ');
+                }
+            }
+        }
+        let Some(n) = index else {
+            return writeln!(
+                out,
+                "error: vm create: missing module=N (the boot module holding the image)"
+            );
+        };
+        let Some((index, &module)) = n
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.modules.get(i).map(|m| (i, m)))
+        else {
+            return writeln!(
+                out,
+                "error: vm create: no boot module '{n}' (there are {})",
+                self.modules.len()
+            );
+        };
+        match self.create(index, rest.trim_end(), module_bytes(module), free) {
+            Ok(slot) => writeln!(out, "vm {}: created", self.root.vms[slot].name()),
+            Err((Some(name), e)) => writeln!(out, "error: vm {name}: not created: {e}"),
+            Err((None, e)) => writeln!(out, "error: vm create: {e}"),
+        }
+    }
+
     /// `vm stop NAME`.
     pub fn stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
         let Some(slot) = self.root.find_vm(name) else {
