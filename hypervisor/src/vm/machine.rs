@@ -34,8 +34,10 @@ const ELF_MIN_GPA: u64 = 1 << 20;
 pub struct Vms {
     root: &'static mut ArenaRoot,
     caps: Caps,
-    /// Slot of the VM whose VMCS is current on this CPU.
+    /// Slot of the VM whose VMCS is current on this CPU (and whose FPU state is live).
     current: Option<usize>,
+    /// Slot scheduled last: where the round robin continues.
+    last: Option<usize>,
     slice_end: u64,
     /// The GRUB modules (guest images), by index, for resets.
     modules: heapless::Vec<Range, { crate::bootinfo::MAX_MODULES }>,
@@ -302,6 +304,7 @@ impl Vms {
             root,
             caps,
             current: None,
+            last: None,
             slice_end: 0,
             modules: modules.iter().copied().collect(),
         })
@@ -442,7 +445,6 @@ impl Vms {
             vmx::vmptrld(vm.vcpu.vmcs)?;
         }
         vm.vcpu.launched = 0;
-        self.current = Some(slot);
         let eptp = Ept { pml4: vm.ept_root }.eptp(&self.caps.ept);
         setup_vmcs(
             &mut vmx::CurrentVmcs,
@@ -451,7 +453,18 @@ impl Vms {
             eptp,
             self.root.io_bitmaps,
             self.root.msr_bitmap,
-        )
+        )?;
+        // Give the CPU back to the VM that was current: its VMCS, and (untouched) its FPU
+        // state still live in the registers. If the reset VM itself was current, nothing
+        // is: the next switch loads it from scratch, with the initial FPU state.
+        match self.current {
+            Some(previous) if previous != slot => {
+                // SAFETY: that VM's VMCS page, initialised when it was created.
+                unsafe { vmx::vmptrld(self.root.vms[previous].vcpu.vmcs)? };
+            }
+            _ => self.current = None,
+        }
+        Ok(())
     }
 }
 
@@ -683,9 +696,10 @@ impl Vms {
             {
                 s
             }
-            previous => match scheduler::next_runnable(&self.root.vms, previous) {
+            _ => match scheduler::next_runnable(&self.root.vms, self.last) {
                 Some(next) => {
-                    self.switch_to(previous, next);
+                    self.switch_to(next);
+                    self.last = Some(next);
                     self.slice_end = now + SLICE_TSC;
                     next
                 }
@@ -811,8 +825,8 @@ impl Vms {
     }
 
     /// Makes `next`'s VMCS current and its MSRs live.
-    fn switch_to(&mut self, previous: Option<usize>, next: usize) {
-        if previous == Some(next) && self.current == Some(next) {
+    fn switch_to(&mut self, next: usize) {
+        if self.current == Some(next) {
             return;
         }
         if let Some(p) = self.current.filter(|&p| p != next) {

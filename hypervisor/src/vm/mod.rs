@@ -8,6 +8,7 @@
 pub mod config;
 pub mod exits;
 pub mod hypercall;
+pub mod interrupts;
 #[cfg(target_os = "none")]
 pub mod machine;
 pub mod scheduler;
