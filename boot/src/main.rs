@@ -14,7 +14,7 @@ mod entry;
 mod image;
 mod machine;
 
-use hypervisor::arch::{gdt, idt, instructions, pic, power, serial};
+use hypervisor::arch::{gdt, idt, instructions, pic, power, serial, tsc};
 use hypervisor::bootinfo::{self, BootInfo};
 use hypervisor::cmdline;
 use hypervisor::console::logger;
@@ -103,7 +103,16 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         shutdown(power_off)
     };
     info!("vmx: {vmx}");
-    let (caps, dropped) = match Caps::from_probe(&cpu, vmx) {
+    let Some(tsc_hz) = tsc::calibrate() else {
+        error!("tsc: the PIT never counted down; cannot measure the TSC frequency");
+        shutdown(power_off)
+    };
+    info!(
+        "tsc: {}.{:03} MHz (measured against the PIT)",
+        tsc_hz / 1_000_000,
+        tsc_hz / 1000 % 1000
+    );
+    let (caps, dropped) = match Caps::from_probe(&cpu, vmx, tsc_hz) {
         Ok(caps) => caps,
         Err(why) => {
             error!("vt-x not available: {why}");

@@ -54,6 +54,8 @@ pub struct Caps {
     /// IA32_VMX_CR0_FIXED0/1, CR4_FIXED0/1.
     pub cr_fixed: [u64; 4],
     pub xcr0: u64,
+    /// Host TSC frequency in Hz (calibrated at boot): the clock of guest time.
+    pub tsc_hz: u64,
 }
 
 impl Caps {
@@ -63,6 +65,7 @@ impl Caps {
     pub fn from_probe(
         report: &crate::cpu::CpuReport,
         vmx: &crate::cpu::VmxReport,
+        tsc_hz: u64,
     ) -> Result<(Caps, crate::vmx::controls::Dropped), crate::vmx::controls::ControlError> {
         use crate::vmx::controls::{Capabilities, ControlSet, OptionalControl};
         let m = &report.msrs;
@@ -90,6 +93,7 @@ impl Caps {
                 controls,
                 cr_fixed: m.cr_fixed,
                 xcr0,
+                tsc_hz,
             },
             dropped,
         ))
