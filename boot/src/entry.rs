@@ -68,7 +68,7 @@ boot_pd:
     .skip 4096 * 4
     .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 64 * 1024
+    .skip 256 * 1024
     .global boot_stack_top
 boot_stack_top:
 

@@ -21,7 +21,7 @@ use hypervisor::console::logger;
 use hypervisor::cpu;
 use hypervisor::failure;
 use hypervisor::memory::{self, format_size, LayoutRequest};
-use hypervisor::vm::machine::{module_bytes, Caps, Vms};
+use hypervisor::vm::machine::{Caps, Vms};
 use linked_list_allocator::LockedHeap;
 use log::{error, info, warn};
 
@@ -163,18 +163,9 @@ fn start_vms(boot: &BootInfo, layout: &mut memory::Layout, caps: Caps) -> Option
             return None;
         }
     };
-    for (index, (m, range)) in boot.modules.iter().zip(&modules).enumerate() {
-        match vms.create(
-            index,
-            m.string.as_str(),
-            module_bytes(*range),
-            &mut layout.free,
-        ) {
-            Ok(_) => {}
-            Err((Some(name), e)) => error!("vm {name}: not created: {e}"),
-            Err((None, e)) => error!("vm: module {index} (\"{}\"): {e}", m.string.as_str()),
-        }
-    }
+    let strings: heapless::Vec<&str, { bootinfo::MAX_MODULES }> =
+        boot.modules.iter().map(|m| m.string.as_str()).collect();
+    vms.create_all(&strings, &mut layout.free);
     Some(vms)
 }
 

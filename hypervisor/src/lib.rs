@@ -5,6 +5,8 @@
 //! data and algorithms.
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
 pub mod acpi;
 pub mod arch;
 pub mod arena;

@@ -74,7 +74,9 @@ fn three_vms_run_side_by_side_with_correct_checksums() {
             "{vm} not created"
         );
     }
-    assert!(t.contains("[lazarus] ERROR vm alpha: not created: a VM with this name exists"));
+    assert!(t.contains(
+        "[lazarus] ERROR vm alpha: not created: module 3 describes it again (module 0 already does)"
+    ));
     assert!(t.contains("[lazarus] ERROR vm: module 4 (\"vm=Bad elf\"): bad VM name 'Bad'"));
     assert!(t.contains(
         "[lazarus] ERROR vm huge: not created: not enough free memory: needs 1 GiB in one piece"

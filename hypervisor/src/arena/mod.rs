@@ -32,8 +32,8 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub const MAX_VMS: usize = 16;
 /// Longest VM name (bytes, ASCII).
 pub const NAME_LEN: usize = 16;
-/// The guest-visible argument string of a VM (module words Lazarus did not interpret).
-pub const ARGS_LEN: usize = 256;
+/// The guest arguments of an ELF VM, or the kernel command line of a Linux VM.
+pub const ARGS_LEN: usize = 512;
 /// Why a VM stopped, as text for `vm list`.
 pub const REASON_LEN: usize = 96;
 /// One console line being assembled from a VM's `console_write` calls.
@@ -110,6 +110,12 @@ impl VmState {
     }
 }
 
+/// What a VM runs.
+pub const KIND_ELF: u32 = 0;
+pub const KIND_LINUX: u32 = 1;
+/// `initrd_module` when there is none.
+pub const NO_MODULE: u32 = u32::MAX;
+
 /// What to do when the guest triple-faults.
 pub const ON_TRIPLE_FAULT_STOP: u32 = 0;
 pub const ON_TRIPLE_FAULT_RESET: u32 = 1;
@@ -118,9 +124,13 @@ pub const ON_TRIPLE_FAULT_RESET: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmConfig {
-    /// Index of the GRUB module holding the guest image.
+    /// Index of the GRUB module holding the guest image (ELF or bzImage).
     pub module_index: u32,
     pub on_triple_fault: u32,
+    /// [`KIND_ELF`] or [`KIND_LINUX`].
+    pub kind: u32,
+    /// Index of the initramfs module of a Linux VM, [`NO_MODULE`] if none.
+    pub initrd_module: u32,
     /// Guest RAM: host-physical range, mapped at guest-physical 0.
     pub ram_start: u64,
     pub ram_size: u64,
@@ -252,6 +262,8 @@ impl VmRecord {
         config: VmConfig {
             module_index: 0,
             on_triple_fault: ON_TRIPLE_FAULT_STOP,
+            kind: KIND_ELF,
+            initrd_module: NO_MODULE,
             ram_start: 0,
             ram_size: 0,
             entry: 0,
@@ -350,6 +362,8 @@ impl VmRecord {
         h.bytes(&self.name);
         h.u64(u64::from(self.config.module_index));
         h.u64(u64::from(self.config.on_triple_fault));
+        h.u64(u64::from(self.config.kind));
+        h.u64(u64::from(self.config.initrd_module));
         h.u64(self.config.ram_start);
         h.u64(self.config.ram_size);
         h.u64(self.config.entry);

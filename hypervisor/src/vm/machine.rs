@@ -6,7 +6,7 @@
 
 use core::fmt::{self, Write};
 
-use super::config::{self, Role, TripleFault, VmSpec};
+use super::config::{self, Role, TripleFault, VmPlan};
 use super::exits::{self, Exit, GuestMemory, Host, Outcome};
 use super::scheduler::{self, SLICE_TSC};
 use super::{commit, ConsoleSink, GuestMemoryMut};
@@ -231,9 +231,10 @@ impl fmt::Display for StartError {
 }
 
 /// Why a VM could not be created (one console line each).
-pub enum CreateError<'a> {
-    Spec(config::SpecError<'a>),
+pub enum CreateError {
     Exists,
+    NoModule(usize),
+    LinuxNotSupported,
     TableFull,
     NoMemory { needed: u64, largest: u64 },
     TooLarge,
@@ -241,11 +242,14 @@ pub enum CreateError<'a> {
     ArenaFull,
 }
 
-impl fmt::Display for CreateError<'_> {
+impl fmt::Display for CreateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Spec(e) => write!(f, "{e}"),
             Self::Exists => f.write_str("a VM with this name exists"),
+            Self::NoModule(i) => write!(f, "there is no boot module {i}"),
+            Self::LinuxNotSupported => {
+                f.write_str("Linux kernels are not supported yet (only elf test guests)")
+            }
             Self::TableFull => write!(f, "the VM table is full ({MAX_VMS} VMs)"),
             Self::NoMemory { needed, largest } => write!(
                 f,
@@ -314,55 +318,73 @@ impl Vms {
         })
     }
 
-    /// Creates a VM from the module at `module` (index `index`, string `string`).
-    pub fn create<'s>(
-        &mut self,
-        index: usize,
-        string: &'s str,
-        module: &[u8],
-        free: &mut FrameAllocator<FREE_RANGES>,
-    ) -> Result<usize, (Option<&'s str>, CreateError<'s>)> {
-        let spec = config::parse(string).map_err(|e| (None, CreateError::Spec(e)))?;
-        let name = spec.name;
-        self.create_from_spec(index, &spec, module, free)
-            .map_err(|e| (Some(name), e))
+    /// Creates every VM the boot modules describe (their strings, by module index). Each
+    /// mistake gets one error line; the other VMs are still created.
+    pub fn create_all(&mut self, strings: &[&str], free: &mut FrameAllocator<FREE_RANGES>) {
+        // On the heap (transient): the specs are large and the boot stack is not.
+        let mut specs: alloc::vec::Vec<(usize, config::ModuleSpec)> = alloc::vec::Vec::new();
+        for (index, string) in strings.iter().enumerate() {
+            match config::parse(string) {
+                Ok(spec) => specs.push((index, spec)),
+                Err(e) => log::error!("vm: module {index} (\"{string}\"): {e}"),
+            }
+        }
+        let (plans, errors) = config::plan(&specs);
+        for e in &errors {
+            log::error!("vm {}: not created: {e}", e.name());
+        }
+        for plan in &plans {
+            if let Err(e) = self.create(plan, free) {
+                log::error!("vm {}: not created: {e}", plan.name);
+            }
+        }
     }
 
-    fn create_from_spec<'s>(
+    /// Creates one VM.
+    pub fn create(
         &mut self,
-        index: usize,
-        spec: &VmSpec<'s>,
-        module: &[u8],
+        plan: &VmPlan,
         free: &mut FrameAllocator<FREE_RANGES>,
-    ) -> Result<usize, CreateError<'s>> {
-        let Role::Elf = spec.role;
-        if self.root.find_vm(spec.name).is_some() {
+    ) -> Result<usize, CreateError> {
+        if self.root.find_vm(&plan.name).is_some() {
             return Err(CreateError::Exists);
         }
-        if spec.mem > GUEST_MAX_PDS << 30 {
+        if plan.mem > GUEST_MAX_PDS << 30 {
             return Err(CreateError::TooLarge);
         }
         let slot = self.root.free_slot().ok_or(CreateError::TableFull)?;
-        let image =
-            crate::loader::parse(module, spec.mem, ELF_MIN_GPA).map_err(CreateError::Elf)?;
+        let module = *self
+            .modules
+            .get(plan.image)
+            .ok_or(CreateError::NoModule(plan.image))?;
+        let entry = match plan.role {
+            Role::Elf => {
+                crate::loader::parse(module_bytes(module), plan.mem, ELF_MIN_GPA)
+                    .map_err(CreateError::Elf)?
+                    .entry
+            }
+            Role::Kernel | Role::Initrd => return Err(CreateError::LinuxNotSupported),
+        };
         let ram = free
-            .allocate(spec.mem, 2 << 20)
+            .allocate(plan.mem, 2 << 20)
             .ok_or(CreateError::NoMemory {
-                needed: spec.mem,
+                needed: plan.mem,
                 largest: free.largest_free(),
             })?;
         let mut vm = VmRecord::EMPTY;
         vm.id = self.root.next_vm_id;
-        arena::set_text(&mut vm.name, spec.name);
-        vm.config.module_index = index as u32;
-        vm.config.on_triple_fault = match spec.on_triple_fault {
+        arena::set_text(&mut vm.name, &plan.name);
+        vm.config.module_index = plan.image as u32;
+        vm.config.initrd_module = plan.initrd.map_or(arena::NO_MODULE, |i| i as u32);
+        vm.config.kind = arena::KIND_ELF;
+        vm.config.on_triple_fault = match plan.on_triple_fault {
             TripleFault::Stop => arena::ON_TRIPLE_FAULT_STOP,
             TripleFault::Reset => arena::ON_TRIPLE_FAULT_RESET,
         };
         vm.config.ram_start = ram.start;
-        vm.config.ram_size = spec.mem;
-        vm.config.entry = image.entry;
-        arena::set_text(&mut vm.config.args, &spec.args);
+        vm.config.ram_size = plan.mem;
+        vm.config.entry = entry;
+        arena::set_text(&mut vm.config.args, &plan.args);
         vm.seal_config();
         let pages = (|| {
             let vmcs = self.root.alloc_page()?;
@@ -389,7 +411,7 @@ impl Vms {
         let mapping = Mapping {
             gpa: 0,
             hpa: ram.start,
-            len: spec.mem,
+            len: plan.mem,
             access: all,
         };
         let ept = Ept::new(&mut tables)
@@ -406,7 +428,7 @@ impl Vms {
         vm.ept_root = ept.pml4;
         self.root.next_vm_id += 1;
         self.root.vms[slot] = vm;
-        if let Err(e) = self.reset_guest(slot, module) {
+        if let Err(e) = self.reset_guest(slot) {
             vmx_failure("VMCS setup", &self.root.vms[slot], e);
         }
         self.root.vms[slot].set_state(VmState::Runnable);
@@ -415,10 +437,10 @@ impl Vms {
             "vm {}: created: id={} mem={} ram=[{:#x}, {:#x}) entry={:#x} args=\"{}\"",
             vm.name(),
             vm.id,
-            format_size(spec.mem),
+            format_size(plan.mem),
             ram.start,
             ram.end,
-            image.entry,
+            entry,
             vm.args()
         );
         Ok(slot)
@@ -426,7 +448,13 @@ impl Vms {
 
     /// Puts the VM in slot `slot` in its initial state: RAM zeroed and reloaded from its
     /// module, page tables, GDT and start info written, registers cleared, VMCS set up.
-    fn reset_guest(&mut self, slot: usize, module: &[u8]) -> Result<(), VmxError> {
+    fn reset_guest(&mut self, slot: usize) -> Result<(), VmxError> {
+        let index = self.root.vms[slot].config.module_index as usize;
+        let module = self
+            .modules
+            .get(index)
+            .copied()
+            .map_or(&[][..], module_bytes);
         let vm = &mut self.root.vms[slot];
         let mut ram = Ram::of(vm);
         ram.bytes().fill(0);
@@ -811,16 +839,8 @@ impl Vms {
                     "vm {}: triple fault; resetting (on_triple_fault=reset)",
                     vm.name()
                 );
-                let index = vm.config.module_index as usize;
-                let module = self.modules.get(index).copied();
-                match module.map(|m| self.reset_guest(slot, module_bytes(m))) {
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => vmx_failure("reset", &self.root.vms[slot], e),
-                    None => {
-                        let vm = &mut self.root.vms[slot];
-                        vm.set_state(VmState::Stopped);
-                        vm.set_stop_reason(format_args!("reset failed: module {index} is gone"));
-                    }
+                if let Err(e) = self.reset_guest(slot) {
+                    vmx_failure("reset", &self.root.vms[slot], e);
                 }
             }
         }
@@ -1002,11 +1022,7 @@ impl Vms {
         let Some(slot) = self.root.find_vm(name) else {
             return writeln!(out, "error: vm: no VM named '{name}'");
         };
-        let index = self.root.vms[slot].config.module_index as usize;
-        let Some(&module) = self.modules.get(index) else {
-            return writeln!(out, "error: vm: {name}: its module {index} is gone");
-        };
-        if let Err(e) = self.reset_guest(slot, module_bytes(module)) {
+        if let Err(e) = self.reset_guest(slot) {
             vmx_failure("reset", &self.root.vms[slot], e);
         }
         let vm = &mut self.root.vms[slot];
@@ -1016,47 +1032,84 @@ impl Vms {
         writeln!(out, "vm {name}: reset")
     }
 
-    /// `vm create module=N WORDS`: a new VM from boot module N, described by WORDS as a
-    /// module string would be.
+    /// `vm create module=N [initrd=M] WORDS`: a new VM from boot module N (and initramfs
+    /// module M), described by WORDS as a module string would be (one VM name).
     pub fn create_from_console(
         &mut self,
         words: &str,
         free: &mut FrameAllocator<FREE_RANGES>,
         out: &mut dyn Write,
     ) -> fmt::Result {
-        let mut index = None;
+        let mut image = None;
+        let mut initrd = None;
         let mut rest: heapless::String<{ crate::console::line::MAX_LINE }> =
             heapless::String::new();
         for word in words.split_ascii_whitespace() {
-            match word.strip_prefix("module=") {
-                Some(n) => index = Some(n),
-                None => {
-                    let _ = rest.push_str(word);
-                    let _ = rest.push(' ');
-                }
+            if let Some(n) = word.strip_prefix("module=") {
+                image = Some(n);
+            } else if let Some(n) = word.strip_prefix("initrd=") {
+                initrd = Some(n);
+            } else {
+                let _ = rest.push_str(word);
+                let _ = rest.push(' ');
             }
         }
-        let Some(n) = index else {
+        let Some(image) = image else {
             return writeln!(
                 out,
                 "error: vm create: missing module=N (the boot module holding the image)"
             );
         };
-        let Some((index, &module)) = n
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| self.modules.get(i).map(|m| (i, m)))
-        else {
+        let count = self.modules.len();
+        let index = |n: &str| n.parse::<usize>().ok().filter(|&i| i < count);
+        let Some(image_index) = index(image) else {
             return writeln!(
                 out,
-                "error: vm create: no boot module '{n}' (there are {})",
-                self.modules.len()
+                "error: vm create: no boot module '{image}' (there are {count})"
             );
         };
-        match self.create(index, rest.trim_end(), module_bytes(module), free) {
+        let initrd_index = match initrd.map(|n| (n, index(n))) {
+            None => None,
+            Some((_, Some(i))) => Some(i),
+            Some((n, None)) => {
+                return writeln!(
+                    out,
+                    "error: vm create: no boot module '{n}' (there are {count})"
+                )
+            }
+        };
+        let spec = match config::parse(rest.trim_end()) {
+            Ok(spec) => spec,
+            Err(e) => return writeln!(out, "error: vm create: {e}"),
+        };
+        if spec.names.len() != 1 || spec.role == Role::Initrd {
+            return writeln!(
+                out,
+                "error: vm create: name one VM (vm=NAME) and its role (elf or kernel)"
+            );
+        }
+        let mut specs: heapless::Vec<(usize, config::ModuleSpec), 2> = heapless::Vec::new();
+        let name = spec.names[0].clone();
+        let _ = specs.push((image_index, spec));
+        if let Some(i) = initrd_index {
+            let mut rd = config::ModuleSpec {
+                names: heapless::Vec::new(),
+                role: Role::Initrd,
+                mem: None,
+                on_triple_fault: None,
+                cmdline: None,
+                args: Default::default(),
+            };
+            let _ = rd.names.push(name.clone());
+            let _ = specs.push((i, rd));
+        }
+        let (plans, errors) = config::plan(&specs);
+        if let Some(e) = errors.first() {
+            return writeln!(out, "error: vm {name}: not created: {e}");
+        }
+        match self.create(&plans[0], free) {
             Ok(slot) => writeln!(out, "vm {}: created", self.root.vms[slot].name()),
-            Err((Some(name), e)) => writeln!(out, "error: vm {name}: not created: {e}"),
-            Err((None, e)) => writeln!(out, "error: vm create: {e}"),
+            Err(e) => writeln!(out, "error: vm {name}: not created: {e}"),
         }
     }
 
