@@ -25,6 +25,7 @@
 //! numbers them, so that an operator can find the culprit.
 
 mod elf;
+pub mod linux;
 
 use core::fmt;
 

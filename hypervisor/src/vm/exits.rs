@@ -204,14 +204,39 @@ fn cpuid(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) ->
     let [mut a, mut b, mut c, mut d] = host.cpuid(leaf, subleaf);
     match leaf {
         1 => {
-            // ECX: clear MONITOR (3), VMX (5), SMX (6), PDCM (15); set "hypervisor" (31).
-            c &= !((1 << 3) | (1 << 5) | (1 << 6) | (1 << 15));
+            // ECX: clear MONITOR (3), DS-CPL (4), VMX (5), SMX (6), EST (7), TM2 (8),
+            // PDCM (15), x2APIC (21), TSC-deadline (24); set "hypervisor" (31).
+            c &= !((1 << 3)
+                | (1 << 4)
+                | (1 << 5)
+                | (1 << 6)
+                | (1 << 7)
+                | (1 << 8)
+                | (1 << 15)
+                | (1 << 21)
+                | (1 << 24));
             c |= 1 << 31;
+            // EDX: clear MCE (7), APIC (9), MTRR (12), MCA (14), DS (21), ACPI (22), TM (29),
+            // PBE (31): devices and MSRs Lazarus does not model. The guest uses the 8259 PIC.
+            d &= !((1 << 7)
+                | (1 << 9)
+                | (1 << 12)
+                | (1 << 14)
+                | (1 << 21)
+                | (1 << 22)
+                | (1 << 29)
+                | (1 << 31));
             // EBX: one logical processor, initial APIC id 0.
             b &= 0x0000_ffff;
             b |= 1 << 16;
         }
-        5 | 0xa => [a, b, c, d] = [0; 4],
+        7 if subleaf == 0 => {
+            // EDX: clear the speculation-control bits whose MSRs are not emulated: IBRS/IBPB
+            // (26), STIBP (27), L1D_FLUSH (28), ARCH_CAPABILITIES (29), CORE_CAPABILITIES
+            // (30), SSBD (31).
+            d &= !(0x3f << 26);
+        }
+        5 | 6 | 0xa => [a, b, c, d] = [0; 4],
         0x4000_0000 => {
             let sig = *b"LazarusLzrHV";
             a = 0x4000_0000;

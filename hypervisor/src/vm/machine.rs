@@ -16,6 +16,7 @@ use crate::arch::{serial, vmx};
 use crate::arena::{self, ArenaRoot, Phase, VmRecord, VmState, MAX_VMS};
 use crate::ept::{Access, Ept, EptCaps, Mapping, TableMemory};
 use crate::failure::{self, Failure};
+use crate::loader::linux;
 use crate::memory::{format_size, FrameAllocator, Range, FREE_RANGES};
 use crate::vmx::exit::ExitReason;
 use crate::vmx::fields::{GuestRegisters, VmcsAccess, VmcsField, VmxError};
@@ -234,11 +235,11 @@ impl fmt::Display for StartError {
 pub enum CreateError {
     Exists,
     NoModule(usize),
-    LinuxNotSupported,
     TableFull,
     NoMemory { needed: u64, largest: u64 },
     TooLarge,
     Elf(crate::loader::ElfError),
+    Linux(linux::LinuxError),
     ArenaFull,
 }
 
@@ -247,9 +248,6 @@ impl fmt::Display for CreateError {
         match self {
             Self::Exists => f.write_str("a VM with this name exists"),
             Self::NoModule(i) => write!(f, "there is no boot module {i}"),
-            Self::LinuxNotSupported => {
-                f.write_str("Linux kernels are not supported yet (only elf test guests)")
-            }
             Self::TableFull => write!(f, "the VM table is full ({MAX_VMS} VMs)"),
             Self::NoMemory { needed, largest } => write!(
                 f,
@@ -263,6 +261,7 @@ impl fmt::Display for CreateError {
                 format_size(GUEST_MAX_PDS << 30)
             ),
             Self::Elf(e) => write!(f, "ELF: {e}"),
+            Self::Linux(e) => write!(f, "kernel: {e}"),
             Self::ArenaFull => f.write_str("the arena has no free pages (raise arena=)"),
         }
     }
@@ -363,7 +362,17 @@ impl Vms {
                     .map_err(CreateError::Elf)?
                     .entry
             }
-            Role::Kernel | Role::Initrd => return Err(CreateError::LinuxNotSupported),
+            Role::Kernel | Role::Initrd => {
+                let image = module_bytes(module);
+                let header = linux::parse(image).map_err(CreateError::Linux)?;
+                let initrd = plan
+                    .initrd
+                    .and_then(|i| self.modules.get(i))
+                    .map_or(0, |m| m.len() as usize);
+                linux::place(&header, image.len(), initrd, &plan.args, plan.mem)
+                    .map_err(CreateError::Linux)?
+                    .entry
+            }
         };
         let ram = free
             .allocate(plan.mem, 2 << 20)
@@ -376,7 +385,11 @@ impl Vms {
         arena::set_text(&mut vm.name, &plan.name);
         vm.config.module_index = plan.image as u32;
         vm.config.initrd_module = plan.initrd.map_or(arena::NO_MODULE, |i| i as u32);
-        vm.config.kind = arena::KIND_ELF;
+        vm.config.kind = if plan.role == Role::Elf {
+            arena::KIND_ELF
+        } else {
+            arena::KIND_LINUX
+        };
         vm.config.on_triple_fault = match plan.on_triple_fault {
             TripleFault::Stop => arena::ON_TRIPLE_FAULT_STOP,
             TripleFault::Reset => arena::ON_TRIPLE_FAULT_RESET,
@@ -456,14 +469,40 @@ impl Vms {
             .copied()
             .map_or(&[][..], module_bytes);
         let vm = &mut self.root.vms[slot];
+        let initrd = match vm.config.initrd_module {
+            arena::NO_MODULE => &[][..],
+            i => self
+                .modules
+                .get(i as usize)
+                .copied()
+                .map_or(&[][..], module_bytes),
+        };
         let mut ram = Ram::of(vm);
         ram.bytes().fill(0);
-        if let Ok(image) = crate::loader::parse(module, vm.config.ram_size, ELF_MIN_GPA) {
-            crate::loader::load(&image, module, ram.bytes());
+        vm.vcpu.regs = GuestRegisters::default();
+        if vm.config.kind == arena::KIND_LINUX {
+            // Checked when the VM was created; the module cannot have changed since.
+            let cmdline = vm.args();
+            if let Ok(header) = linux::parse(module) {
+                if let Ok(p) = linux::place(
+                    &header,
+                    module.len(),
+                    initrd.len(),
+                    cmdline,
+                    vm.config.ram_size,
+                ) {
+                    linux::load(module, initrd, cmdline, &header, &p, ram.bytes());
+                }
+            }
+            // 64-bit boot protocol: RSI = the zero page (boot.rst, "64-bit BOOT PROTOCOL").
+            vm.vcpu.regs.rsi = linux::BOOT_PARAMS_GPA;
+        } else {
+            if let Ok(image) = crate::loader::parse(module, vm.config.ram_size, ELF_MIN_GPA) {
+                crate::loader::load(&image, module, ram.bytes());
+            }
+            vm.vcpu.regs.rdi = abi::START_INFO_GPA;
         }
         write_guest_tables(&mut ram, vm);
-        vm.vcpu.regs = GuestRegisters::default();
-        vm.vcpu.regs.rdi = abi::START_INFO_GPA;
         vm.vcpu.journal = arena::Journal::default();
         vm.vcpu.xcr0 = 1;
         vm.vcpu.fpu_saved = 0;
@@ -508,6 +547,15 @@ fn alloc_filled(root: &mut ArenaRoot, byte: u8) -> Option<u64> {
     Some(page)
 }
 
+/// The code and data selectors a guest starts with (see `write_guest_tables`).
+fn selectors(vm: &VmRecord) -> (u16, u16) {
+    if vm.config.kind == arena::KIND_LINUX {
+        (0x10, 0x18)
+    } else {
+        (0x08, 0x10)
+    }
+}
+
 /// Writes the GDT, identity-map page tables (2 MiB pages over all of RAM) and start
 /// info that an ELF guest expects (`abi::StartInfo`).
 fn write_guest_tables(ram: &mut Ram, vm: &VmRecord) {
@@ -515,10 +563,13 @@ fn write_guest_tables(ram: &mut Ram, vm: &VmRecord) {
     let put = |ram: &mut Ram, gpa: u64, value: u64| {
         ram.write(gpa, &value.to_le_bytes());
     };
-    // GDT: null, 64-bit code (0x08), data (0x10).
+    // GDT: null, 64-bit code (0x08), data (0x10) for ELF guests; for Linux the boot
+    // protocol's __BOOT_CS (0x10, code) and __BOOT_DS (0x18, data).
+    let (code, data) = selectors(vm);
     put(ram, GUEST_GDT, 0);
-    put(ram, GUEST_GDT + 8, 0x00af_9a00_0000_ffff);
-    put(ram, GUEST_GDT + 16, 0x00cf_9200_0000_ffff);
+    put(ram, GUEST_GDT + 8, 0);
+    put(ram, GUEST_GDT + u64::from(code), 0x00af_9a00_0000_ffff);
+    put(ram, GUEST_GDT + u64::from(data), 0x00cf_9200_0000_ffff);
     // Present | writable (| page size for 2 MiB leaves), SDM Vol. 3A §4.5.
     let pds = size.div_ceil(1 << 30);
     put(ram, GUEST_PML4, GUEST_PDPT | 0x3);
@@ -527,6 +578,9 @@ fn write_guest_tables(ram: &mut Ram, vm: &VmRecord) {
     }
     for j in 0..size.div_ceil(2 << 20) {
         put(ram, GUEST_PD + 8 * j, (j << 21) | 0x83);
+    }
+    if vm.config.kind == arena::KIND_LINUX {
+        return;
     }
     let mut info = abi::StartInfo {
         magic: abi::START_INFO_MAGIC,
@@ -634,14 +688,21 @@ fn setup_vmcs(
         (F::GuestIa32Pat, 0x0007_0406_0007_0406),
         (F::GuestIa32Debugctl, 0),
         (F::GuestDr7, 0x400),
-        (F::GuestRsp, vm.config.ram_size),
+        (
+            F::GuestRsp,
+            if vm.config.kind == arena::KIND_LINUX {
+                linux::BOOT_PARAMS_GPA
+            } else {
+                vm.config.ram_size
+            },
+        ),
         (F::GuestRip, vm.config.entry),
         (F::GuestRflags, 0x2),
-        (F::GuestCsSelector, 0x08),
+        (F::GuestCsSelector, u64::from(selectors(vm).0)),
         (F::GuestCsBase, 0),
         (F::GuestCsLimit, 0xffff_ffff),
         (F::GuestCsAccessRights, code_ar),
-        (F::GuestSsSelector, 0x10),
+        (F::GuestSsSelector, u64::from(selectors(vm).1)),
         (F::GuestSsBase, 0),
         (F::GuestSsLimit, 0xffff_ffff),
         (F::GuestSsAccessRights, data_ar),
@@ -652,7 +713,7 @@ fn setup_vmcs(
         (F::GuestTrLimit, 0x67),
         (F::GuestTrAccessRights, 0x8b), // present, 64-bit busy TSS
         (F::GuestGdtrBase, GUEST_GDT),
-        (F::GuestGdtrLimit, 23),
+        (F::GuestGdtrLimit, 31),
         (F::GuestIdtrBase, 0),
         (F::GuestIdtrLimit, 0),
         (F::GuestInterruptibilityState, 0),
@@ -693,7 +754,7 @@ fn setup_vmcs(
             F::GuestGsAccessRights,
         ),
     ] {
-        v.write(sel, 0x10)?;
+        v.write(sel, u64::from(selectors(vm).1))?;
         v.write(base, 0)?;
         v.write(limit, 0xffff_ffff)?;
         v.write(ar, data_ar)?;

@@ -81,6 +81,8 @@ fn cpuid_hides_vmx_and_names_the_hypervisor() {
     assert_eq!(e.regs.rcx & (1 << 5), 0, "VMX hidden");
     assert_ne!(e.regs.rcx & (1 << 31), 0, "hypervisor bit");
     assert_eq!((e.regs.rbx >> 16) & 0xff, 1, "one logical processor");
+    assert_eq!(e.regs.rdx & (1 << 9), 0, "no local APIC");
+    assert_eq!(e.regs.rcx & (1 << 21), 0, "no x2APIC");
     assert_eq!(e.rip_advance, 2);
     v.vcpu.regs.rax = 0x4000_0000;
     let e = run(ExitReason::Cpuid, &v);
