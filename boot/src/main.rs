@@ -156,7 +156,8 @@ fn start_vms(boot: &BootInfo, layout: &mut memory::Layout, caps: Caps) -> Option
         .iter()
         .map(|m| memory::Range::new(m.start, m.end))
         .collect();
-    let mut vms = match Vms::start(layout.arena, &mut layout.free, caps, &modules) {
+    let epoch = hypervisor::arch::cmos::epoch_seconds();
+    let mut vms = match Vms::start(layout.arena, &mut layout.free, caps, &modules, epoch) {
         Ok(vms) => vms,
         Err(e) => {
             error!("vmx: {e}; no VMs can run");

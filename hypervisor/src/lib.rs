@@ -14,6 +14,7 @@ pub mod bootinfo;
 pub mod cmdline;
 pub mod console;
 pub mod cpu;
+pub mod devices;
 pub mod ept;
 pub mod failure;
 pub mod loader;

@@ -1,6 +1,7 @@
 //! Everything that executes a privileged instruction or depends on the machine's layout.
 //! The rest of the crate reaches the hardware only through these modules.
 
+pub mod cmos;
 pub mod gdt;
 pub mod idt;
 pub mod instructions;

@@ -21,6 +21,7 @@ use core::fmt;
 pub use lock::ArenaLock;
 pub use pages::{PageBitmap, PageError, MAX_PAGES};
 
+use crate::devices::Devices;
 use crate::vmx::exit::ExitReason;
 use crate::vmx::fields::GuestRegisters;
 
@@ -85,6 +86,8 @@ pub enum VmState {
     Stopped = 3,
     /// Powered itself off.
     Off = 4,
+    /// Executed HLT with interrupts enabled: runs again when an interrupt is due.
+    Waiting = 5,
 }
 
 impl VmState {
@@ -95,6 +98,7 @@ impl VmState {
             2 => Self::Halted,
             3 => Self::Stopped,
             4 => Self::Off,
+            5 => Self::Waiting,
             _ => return None,
         })
     }
@@ -106,6 +110,7 @@ impl VmState {
             Self::Halted => "halted",
             Self::Stopped => "stopped",
             Self::Off => "off",
+            Self::Waiting => "idle",
         }
     }
 }
@@ -217,6 +222,10 @@ pub struct VmStats {
     pub unknown_msr: u64,
     pub hypercalls: u64,
     pub hypercall_errors: u64,
+    /// External interrupts injected.
+    pub interrupts: u64,
+    /// Timer periods that passed while the VM could not run (caught up, not replayed).
+    pub timer_missed: u64,
 }
 
 impl Default for VmStats {
@@ -229,6 +238,8 @@ impl Default for VmStats {
             unknown_msr: 0,
             hypercalls: 0,
             hypercall_errors: 0,
+            interrupts: 0,
+            timer_missed: 0,
         }
     }
 }
@@ -248,6 +259,15 @@ pub struct VmRecord {
     pub ept_root: u64,
     pub vcpu: VcpuRecord,
     pub stats: VmStats,
+    /// The VM's device models (DESIGN 4: device-model state lives in the arena).
+    pub devices: Devices,
+    /// Host TSC when the VM (re)started: guest time is measured from it, and the guest's
+    /// TSC offset makes its TSC start there at 0.
+    pub clock_start: u64,
+    /// Whether interrupt-window exiting is on in the VMCS (an interrupt waits for the
+    /// guest to accept it).
+    pub window_open: u32,
+    pub _pad2: u32,
     /// ASCII, NUL-padded.
     pub stop_reason: [u8; REASON_LEN],
     pub console_len: u32,
@@ -319,7 +339,13 @@ impl VmRecord {
             unknown_msr: 0,
             hypercalls: 0,
             hypercall_errors: 0,
+            interrupts: 0,
+            timer_missed: 0,
         },
+        devices: Devices::new(0),
+        clock_start: 0,
+        window_open: 0,
+        _pad2: 0,
         stop_reason: [0; REASON_LEN],
         console_len: 0,
         console: [0; CONSOLE_LINE],
@@ -474,6 +500,11 @@ pub enum ArenaError {
     BadJournal {
         slot: usize,
     },
+    BadDevice {
+        slot: usize,
+        device: &'static str,
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for ArenaError {
@@ -514,6 +545,7 @@ impl fmt::Display for ArenaError {
             Self::RamOverlap { a, b } => write!(f, "vm slots {a} and {b}: guest RAM overlaps"),
             Self::DuplicateName { a, b } => write!(f, "vm slots {a} and {b}: same name"),
             Self::BadJournal { slot } => write!(f, "vm slot {slot}: invalid journal phase"),
+            Self::BadDevice { slot, device, what } => write!(f, "vm slot {slot}: {device}: {what}"),
         }
     }
 }
@@ -656,6 +688,11 @@ impl ArenaRoot {
                 return Err(ArenaError::BadVmConfig { slot });
             }
             Phase::from_raw(vm.vcpu.journal.phase).ok_or(ArenaError::BadJournal { slot })?;
+            vm.devices.validate().map_err(|e| ArenaError::BadDevice {
+                slot,
+                device: e.device,
+                what: e.what,
+            })?;
             let ram = (
                 vm.config.ram_start,
                 vm.config.ram_start.wrapping_add(vm.config.ram_size),

@@ -12,7 +12,7 @@
 
 use core::fmt;
 
-/// One port access.
+/// One port access. Port ranges (`PORTS` of each device) are inclusive `(first, last)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortAccess {
     pub port: u16,
@@ -25,10 +25,10 @@ pub struct PortAccess {
 /// What devices did during one access or one timer tick, for the caller to act on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceEvents {
-    /// ISA IRQ lines (0-15) asserted: bit n = IRQ n. Edge-triggered devices assert then
-    /// deassert; the PIC latches the edge.
+    /// ISA IRQ lines (0-15) asserted: bit n = IRQ n.
     pub raise: u16,
-    /// ISA IRQ lines deasserted.
+    /// ISA IRQ lines deasserted. A line in both sets was pulsed: asserted, then
+    /// deasserted (the PIC applies `raise` first, so an edge-triggered input latches it).
     pub lower: u16,
     /// Bytes the guest sent out of its serial port (COM1).
     pub serial_out: heapless::Vec<u8, 16>,
@@ -37,14 +37,14 @@ pub struct DeviceEvents {
 }
 
 impl DeviceEvents {
+    /// Asserts line `irq`. A later [`DeviceEvents::lower_irq`] in the same access makes
+    /// it a pulse, not a cancellation.
     pub fn raise_irq(&mut self, irq: u8) {
         self.raise |= 1 << irq;
-        self.lower &= !(1 << irq);
     }
 
     pub fn lower_irq(&mut self, irq: u8) {
         self.lower |= 1 << irq;
-        self.raise &= !(1 << irq);
     }
 }
 
@@ -77,5 +77,102 @@ pub struct BadState {
 impl fmt::Display for BadState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.device, self.what)
+    }
+}
+
+pub mod i8042;
+pub mod pci;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
+pub mod uart;
+
+/// Whether `port` lies in one of the claimed ranges.
+fn claims(ranges: &[(u16, u16)], port: u16) -> bool {
+    ranges
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&port))
+}
+
+/// All the device models of one VM: a plain-data block in the VM's arena record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Devices {
+    pub uart: uart::Uart,
+    pub pic: pic::Pic,
+    pub pit: pit::Pit,
+    pub rtc: rtc::Rtc,
+    pub i8042: i8042::I8042,
+    pub pci: pci::PciHost,
+}
+
+impl Devices {
+    /// Power-on state; the RTC starts at `epoch_seconds` (seconds since 1970, UTC).
+    pub const fn new(epoch_seconds: u64) -> Self {
+        Self {
+            uart: uart::Uart::new(),
+            pic: pic::Pic::new(),
+            pit: pit::Pit::new(),
+            rtc: rtc::Rtc::new(epoch_seconds),
+            i8042: i8042::I8042::new(),
+            pci: pci::PciHost::new(),
+        }
+    }
+
+    /// Performs `access` if a device claims the port (the value read, or 0 for a write);
+    /// None if no device does. Interrupt lines the access changed reach the PIC.
+    pub fn access(&mut self, a: PortAccess, now_ns: u64, ev: &mut DeviceEvents) -> Option<u32> {
+        macro_rules! dispatch {
+            ($dev:expr, $ty:ty) => {
+                if claims(<$ty>::PORTS, a.port) {
+                    let value = match a.write {
+                        None => $dev.read(a.port, a.size, now_ns, ev),
+                        Some(v) => {
+                            $dev.write(a.port, a.size, v & size_mask(a.size), now_ns, ev);
+                            0
+                        }
+                    };
+                    self.pic.apply(ev);
+                    return Some(value);
+                }
+            };
+        }
+        dispatch!(self.uart, uart::Uart);
+        dispatch!(self.pic, pic::Pic);
+        dispatch!(self.pit, pit::Pit);
+        dispatch!(self.rtc, rtc::Rtc);
+        dispatch!(self.i8042, i8042::I8042);
+        dispatch!(self.pci, pci::PciHost);
+        None
+    }
+
+    /// Fires the timers whose time has come (PIT channel 0 -> IRQ 0 at the PIC). Returns
+    /// how many timer periods were missed and caught up.
+    pub fn tick(&mut self, now_ns: u64, ev: &mut DeviceEvents) -> u64 {
+        let missed = self.pit.tick(now_ns, ev);
+        self.pic.apply(ev);
+        missed
+    }
+
+    /// When a timer next needs attention, if ever.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.pit.next_irq0_ns()
+    }
+
+    /// A byte typed on the VM's console: into the UART's receive FIFO (false if full).
+    pub fn receive(&mut self, byte: u8, ev: &mut DeviceEvents) -> bool {
+        let taken = self.uart.receive(byte, ev);
+        self.pic.apply(ev);
+        taken
+    }
+
+    /// Bound checks of every device (recovery, DESIGN 6).
+    pub fn validate(&self) -> Result<(), BadState> {
+        self.uart.validate()?;
+        self.pic.validate()?;
+        self.pit.validate()?;
+        self.rtc.validate()?;
+        self.i8042.validate()?;
+        self.pci.validate()
     }
 }

@@ -34,8 +34,7 @@
 //! tick edges have been delivered, which is also derived state that survives a reboot.
 //!
 //! An edge is reported by setting IRQ 0 in both `raise` and `lower` of [`DeviceEvents`]
-//! (assert, then deassert). `DeviceEvents::raise_irq` followed by `lower_irq` would cancel
-//! the assertion, so the bits are set directly.
+//! (assert, then deassert: a pulse).
 //!
 //! # What is emulated
 //!
@@ -695,8 +694,8 @@ impl Default for Pit {
 }
 
 impl Pit {
-    /// The ports the PIT claims, as (first port, number of ports).
-    pub const PORTS: &'static [(u16, u16)] = &[(PIT_BASE, 4), (PORT_61, 1)];
+    /// The ports the PIT claims, as inclusive (first, last) ranges.
+    pub const PORTS: &'static [(u16, u16)] = &[(PIT_BASE, PIT_BASE + 3), (PORT_61, PORT_61)];
 
     /// The state after a PC BIOS (see the module documentation), at VM start.
     pub const fn new() -> Self {

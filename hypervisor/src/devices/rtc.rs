@@ -299,8 +299,8 @@ impl Named for Rtc {
 }
 
 impl Rtc {
-    /// The ports the RTC claims, as (first port, number of ports).
-    pub const PORTS: &'static [(u16, u16)] = &[(INDEX_PORT, 2)];
+    /// The ports the RTC claims, as inclusive (first, last) ranges.
+    pub const PORTS: &'static [(u16, u16)] = &[(INDEX_PORT, DATA_PORT)];
 
     /// The state a PC BIOS leaves (BCD, 24-hour, 1024 Hz rate selected, no interrupts,
     /// the rest of CMOS zero), with the clock reading `epoch_seconds` (seconds since
@@ -685,7 +685,7 @@ impl Rtc {
         match self.next_irq8_ns() {
             Some(t) if t <= now_ns => {
                 self.irq_raised = 1;
-                // An edge: assert then deassert (raise_irq then lower_irq would cancel).
+                // An edge: assert then deassert (a pulse).
                 ev.raise |= 1 << IRQ;
                 ev.lower |= 1 << IRQ;
                 true

@@ -39,6 +39,8 @@ pub struct Exit {
     pub interruption_info: u32,
     /// For RDMSR of an MSR held in the VMCS ([`vmcs_msr_field`]): that field's value.
     pub vmcs_msr_value: u64,
+    /// Guest time (ns since the VM started) when the exit was read: device models see it.
+    pub now_ns: u64,
 }
 
 /// Guest memory as a handler may see it: read-only, bounded by the VM's RAM.
@@ -64,8 +66,10 @@ pub enum Outcome {
     Resume,
     /// Re-enter later: give the CPU to the next VM.
     Yield,
-    /// The guest halted with nothing to wake it.
+    /// The guest halted with interrupts off: nothing can wake it.
     Halt,
+    /// The guest halted with interrupts on: it runs again when an interrupt is due.
+    Wait,
     /// The guest powered itself off.
     PowerOff,
     /// Reset the VM to its initial state (triple fault with on_triple_fault=reset).
@@ -102,6 +106,10 @@ pub struct Effect {
     pub xcr0: Option<u64>,
     /// New values of the pass-through-style MSRs kept in the vCPU record.
     pub msrs: Option<crate::arena::SwappedMsrs>,
+    /// The VM's devices after a port access they claimed.
+    pub devices: Option<crate::devices::Devices>,
+    /// Bytes the guest sent out of its serial port.
+    pub serial_out: heapless::Vec<u8, 16>,
     pub counts: Counts,
     pub outcome: Outcome,
 }
@@ -117,6 +125,8 @@ impl Effect {
             guest_write: None,
             xcr0: None,
             msrs: None,
+            devices: None,
+            serial_out: heapless::Vec::new(),
             counts: Counts::default(),
             outcome: Outcome::Resume,
         }
@@ -156,8 +166,10 @@ pub fn handle(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, host: &impl Ho
     let e = Effect::new(regs);
     match exit.reason {
         ExitReason::Cpuid => cpuid(exit, regs, host, e),
-        ExitReason::Io => io(exit, e),
+        ExitReason::Io => io(exit, vm, e),
         ExitReason::Hlt => hlt(exit, e),
+        // The guest can take the interrupt now; the next entry injects it.
+        ExitReason::InterruptWindow => e,
         ExitReason::Vmcall => vmcall(exit, vm, mem, e),
         ExitReason::Rdmsr => rdmsr(exit, vm, host, e),
         ExitReason::Wrmsr => wrmsr(exit, vm, host, e),
@@ -254,10 +266,11 @@ fn cpuid(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) ->
     e.advance(exit)
 }
 
-/// Port I/O. No device model claims a port yet, so every port is unclaimed: IN reads all
-/// ones, OUT is ignored, both counted. String I/O (INS/OUTS) to an unclaimed port stops
-/// the VM (it would need guest-linear address translation). Advances RIP.
-fn io(exit: &Exit, mut e: Effect) -> Effect {
+/// Port I/O. A port a device model claims is handled on a copy of the VM's devices that
+/// the commit stores (with the bytes the UART sent and a reset request, if any); any
+/// other port is unclaimed: IN reads all ones, OUT is ignored, both counted. String I/O
+/// (INS/OUTS) stops the VM (it would need guest-linear address translation). Advances RIP.
+fn io(exit: &Exit, vm: &VmRecord, mut e: Effect) -> Effect {
     let Some(q) = crate::vmx::exit::IoQualification::from_qualification(exit.qualification) else {
         return e.stop(format_args!(
             "malformed I/O exit qualification {:#x}",
@@ -269,6 +282,28 @@ fn io(exit: &Exit, mut e: Effect) -> Effect {
             "string I/O to port {:#x} is not supported (rip {:#x})",
             q.port, exit.rip
         ));
+    }
+    let mask = crate::devices::size_mask(q.size);
+    let access = crate::devices::PortAccess {
+        port: q.port,
+        size: q.size,
+        write: (!q.is_in).then_some(e.regs.rax as u32 & mask),
+    };
+    let mut devices = vm.devices;
+    let mut ev = crate::devices::DeviceEvents::default();
+    if let Some(value) = devices.access(access, exit.now_ns, &mut ev) {
+        if q.is_in {
+            e.regs.rax = match q.size {
+                4 => u64::from(value),
+                _ => (e.regs.rax & !u64::from(mask)) | u64::from(value & mask),
+            };
+        }
+        e.devices = Some(devices);
+        e.serial_out = ev.serial_out;
+        if ev.reset {
+            e.outcome = Outcome::Reset;
+        }
+        return e.advance(exit);
     }
     e.counts.unclaimed_io = 1;
     if q.is_in {
@@ -282,11 +317,17 @@ fn io(exit: &Exit, mut e: Effect) -> Effect {
     e.advance(exit)
 }
 
-/// HLT: nothing can wake the guest yet (no virtual interrupts), so it is halted for
-/// good. Advances RIP (a future wake-up resumes after the HLT).
+/// HLT: with interrupts on (RFLAGS.IF) the VM waits for its next interrupt (a device
+/// timer or input); with them off nothing can wake it, and it is halted for good.
+/// Advances RIP, so the wake-up resumes after the HLT.
 fn hlt(exit: &Exit, e: Effect) -> Effect {
+    let outcome = if exit.rflags & super::interrupts::RFLAGS_IF != 0 {
+        Outcome::Wait
+    } else {
+        Outcome::Halt
+    };
     Effect {
-        outcome: Outcome::Halt,
+        outcome,
         ..e.advance(exit)
     }
 }
@@ -421,6 +462,7 @@ fn ept_violation(exit: &Exit, e: Effect) -> Effect {
 
 /// Triple fault: stop, or reset if the VM's configuration asks for it.
 fn triple_fault(exit: &Exit, vm: &VmRecord, e: Effect) -> Effect {
+    // (A reset requested through a device, e.g. the i8042, always resets.)
     if vm.config.on_triple_fault == ON_TRIPLE_FAULT_RESET {
         Effect {
             outcome: Outcome::Reset,

@@ -40,6 +40,8 @@ pub struct Vms {
     /// Slot scheduled last: where the round robin continues.
     last: Option<usize>,
     slice_end: u64,
+    /// Wall-clock time at boot (seconds since 1970, UTC): where guest RTCs start.
+    epoch: u64,
     /// The GRUB modules (guest images), by index, for resets.
     modules: heapless::Vec<Range, { crate::bootinfo::MAX_MODULES }>,
 }
@@ -275,6 +277,7 @@ impl Vms {
         free: &mut FrameAllocator<FREE_RANGES>,
         caps: Caps,
         modules: &[Range],
+        epoch: u64,
     ) -> Result<Vms, StartError> {
         let region = free.allocate(PAGE, PAGE).ok_or(StartError::NoRegionPage)?;
         zero_page(region.start);
@@ -312,6 +315,7 @@ impl Vms {
             caps,
             current: None,
             last: None,
+            epoch,
             slice_end: 0,
             modules: modules.iter().copied().collect(),
         })
@@ -507,6 +511,9 @@ impl Vms {
         vm.vcpu.xcr0 = 1;
         vm.vcpu.fpu_saved = 0;
         vm.vcpu.msrs = arena::SwappedMsrs::default();
+        vm.devices = crate::devices::Devices::new(self.epoch);
+        vm.clock_start = rdtsc();
+        vm.window_open = 0;
         zero_page(vm.vcpu.xsave);
         // SAFETY: the VMCS page belongs to this VM; VMCLEAR initialises it (after the
         // revision id is written) and VMPTRLD makes it current on this CPU.
@@ -525,6 +532,8 @@ impl Vms {
             self.root.io_bitmaps,
             self.root.msr_bitmap,
         )?;
+        // The guest's TSC starts at 0 when the VM does (TSC offsetting, SDM Vol. 3C §26.6.5).
+        vmx::CurrentVmcs.write(VmcsField::TscOffset, 0u64.wrapping_sub(vm.clock_start))?;
         // Give the CPU back to the VM that was current: its VMCS, and (untouched) its FPU
         // state still live in the registers. If the reset VM itself was current, nothing
         // is: the next switch loads it from scratch, with the initial FPU state.
@@ -789,7 +798,7 @@ impl Vms {
             {
                 s
             }
-            _ => match scheduler::next_runnable(&self.root.vms, self.last) {
+            _ => match self.wake_and_pick(now) {
                 Some(next) => {
                     self.switch_to(next);
                     self.last = Some(next);
@@ -802,6 +811,9 @@ impl Vms {
         let remaining = self.slice_end.saturating_sub(now);
         let caps = self.caps;
         let vm = &mut self.root.vms[slot];
+        if let Err(e) = deliver_interrupts(vm, &caps) {
+            vmx_failure("interrupt delivery", vm, e);
+        }
         let timer = scheduler::timer_value(remaining, caps.timer_rate);
         if let Err(e) = vmx::CurrentVmcs.write(VmcsField::PreemptionTimerValue, u64::from(timer)) {
             vmx_failure("VMWRITE of the preemption timer", vm, e);
@@ -825,7 +837,8 @@ impl Vms {
                 )
             }
         }
-        let exit = match read_exit(&vmx::CurrentVmcs, &vm.vcpu.regs) {
+        let now_ns = guest_ns(vm, &caps);
+        let exit = match read_exit(&vmx::CurrentVmcs, &vm.vcpu.regs, now_ns) {
             Ok(exit) => exit,
             Err(e) => vmx_failure("VMREAD of the exit information", vm, e),
         };
@@ -886,6 +899,7 @@ impl Vms {
                 vm.set_state(VmState::Halted);
                 log::info!("vm {}: halted", vm.name());
             }
+            Outcome::Wait => vm.set_state(VmState::Waiting),
             Outcome::PowerOff => {
                 vm.set_state(VmState::Off);
                 log::info!("vm {}: powered off", vm.name());
@@ -907,6 +921,26 @@ impl Vms {
         }
         // Anything but Resume ends the slice.
         self.slice_end = 0;
+    }
+
+    /// Wakes the waiting VMs whose interrupt is due, then picks the next VM round robin.
+    fn wake_and_pick(&mut self, now: u64) -> Option<usize> {
+        let caps = self.caps;
+        for vm in self
+            .root
+            .vms
+            .iter_mut()
+            .filter(|vm| vm.state() == Some(VmState::Waiting))
+        {
+            let now_ns =
+                crate::arch::tsc::ticks_to_ns(now.saturating_sub(vm.clock_start), caps.tsc_hz);
+            let due = vm.devices.pic.pending_vector().is_some()
+                || vm.devices.next_deadline().is_some_and(|d| d <= now_ns);
+            if due {
+                vm.set_state(VmState::Runnable);
+            }
+        }
+        scheduler::next_runnable(&self.root.vms, self.last)
     }
 
     /// Makes `next`'s VMCS current and its MSRs live.
@@ -934,7 +968,11 @@ struct ReadExit {
     entry_failed: bool,
 }
 
-fn read_exit(v: &impl VmcsAccess, regs: &GuestRegisters) -> Result<ReadExit, VmxError> {
+fn read_exit(
+    v: &impl VmcsAccess,
+    regs: &GuestRegisters,
+    now_ns: u64,
+) -> Result<ReadExit, VmxError> {
     use VmcsField as F;
     let (reason, entry_failed) = ExitReason::from_raw(v.read(F::ExitReason)? as u32);
     let mut exit = Exit {
@@ -954,6 +992,7 @@ fn read_exit(v: &impl VmcsAccess, regs: &GuestRegisters) -> Result<ReadExit, Vmx
         entry_controls: v.read(F::EntryControls)?,
         interruption_info: v.read(F::ExitInterruptionInfo)? as u32,
         vmcs_msr_value: 0,
+        now_ns,
     };
     if reason == ExitReason::Rdmsr {
         if let Some(field) = exits::vmcs_msr_field(regs.rcx as u32) {
@@ -1191,4 +1230,52 @@ impl Vms {
             None => writeln!(out, "error: vm: {name} has a corrupt state"),
         }
     }
+}
+
+/// Guest time: nanoseconds since the VM started, from the host TSC.
+fn guest_ns(vm: &VmRecord, caps: &Caps) -> u64 {
+    crate::arch::tsc::ticks_to_ns(rdtsc().saturating_sub(vm.clock_start), caps.tsc_hz)
+}
+
+/// Before a VM entry: fire due timers, then inject the PIC's pending interrupt if the
+/// guest can take it, or ask for an exit as soon as it can (interrupt-window exiting).
+fn deliver_interrupts(vm: &mut VmRecord, caps: &Caps) -> Result<(), VmxError> {
+    use super::interrupts::{decide, Delivery};
+    use crate::vmx::controls::primary::INTERRUPT_WINDOW_EXITING;
+    let mut ev = crate::devices::DeviceEvents::default();
+    vm.stats.timer_missed += vm.devices.tick(guest_ns(vm, caps), &mut ev);
+    let pending = vm.devices.pic.pending_vector().is_some();
+    if !pending && vm.window_open == 0 {
+        return Ok(());
+    }
+    let v = &mut vmx::CurrentVmcs;
+    let rflags = v.read(VmcsField::GuestRflags)?;
+    let blocking = v.read(VmcsField::GuestInterruptibilityState)? as u32;
+    let queued = v.read(VmcsField::EntryInterruptionInfo)? & (1 << 31) != 0;
+    let want_window = match decide(pending, rflags, blocking, queued) {
+        Delivery::Nothing => false,
+        Delivery::OpenWindow => true,
+        Delivery::Inject => {
+            if let Some(vector) = vm.devices.pic.acknowledge() {
+                crate::vmx::event::inject_external_interrupt(vector).write_to(v)?;
+                vm.stats.interrupts += 1;
+            }
+            false
+        }
+    };
+    if want_window != (vm.window_open != 0) {
+        if want_window {
+            v.set_bits(
+                VmcsField::PrimaryProcBasedControls,
+                u64::from(INTERRUPT_WINDOW_EXITING),
+            )?;
+        } else {
+            v.clear_bits(
+                VmcsField::PrimaryProcBasedControls,
+                u64::from(INTERRUPT_WINDOW_EXITING),
+            )?;
+        }
+        vm.window_open = u32::from(want_window);
+    }
+    Ok(())
 }

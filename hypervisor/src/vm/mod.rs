@@ -74,6 +74,12 @@ pub fn commit(
     if let Some(injection) = effect.inject {
         injection.write_to(vmcs)?;
     }
+    if !effect.serial_out.is_empty() {
+        append_console(vm, &effect.serial_out, console);
+    }
+    if let Some(devices) = effect.devices {
+        vm.devices = devices;
+    }
     vm.vcpu.regs = effect.regs;
     if let Some(msrs) = effect.msrs {
         vm.vcpu.msrs = msrs;

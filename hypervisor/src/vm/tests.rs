@@ -80,6 +80,7 @@ fn vmcall_exit() -> Exit {
         entry_controls: 0,
         interruption_info: 0,
         vmcs_msr_value: 0,
+        now_ns: 0,
     }
 }
 

@@ -86,7 +86,7 @@ fn power_on_state_is_valid_and_bios_like() {
     assert_eq!(latched_count(&mut pit, 2, 5_000_000), 0);
     // Port 0x61: gate low, output high (mode 3 with the gate low).
     assert_eq!(inb(&mut pit, PORT_61, 5_000_000) & 0x21, 0x20);
-    assert_eq!(Pit::PORTS, &[(0x40, 4), (0x61, 1)]);
+    assert_eq!(Pit::PORTS, &[(0x40, 0x43), (0x61, 0x61)]);
 }
 
 #[test]

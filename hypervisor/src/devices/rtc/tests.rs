@@ -506,7 +506,7 @@ fn wide_accesses_are_split_into_bytes() {
     assert_eq!(rtc.read(INDEX_PORT, 2, 0, &mut ev), 0xab20);
     // A 32-bit read at 0x71: data, then three unclaimed ports.
     assert_eq!(rtc.read(DATA_PORT, 4, 0, &mut ev), 0xffff_ffab);
-    assert_eq!(Rtc::PORTS, &[(0x70, 2)]);
+    assert_eq!(Rtc::PORTS, &[(0x70, 0x71)]);
 }
 
 #[test]

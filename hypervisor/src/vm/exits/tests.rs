@@ -52,6 +52,7 @@ pub(crate) fn exit(reason: ExitReason) -> Exit {
         entry_controls: 0x11ff,
         interruption_info: 0,
         vmcs_msr_value: 0,
+        now_ns: 0,
     }
 }
 
@@ -111,7 +112,10 @@ fn unclaimed_ports_read_all_ones_and_count() {
     let mut v = vm();
     v.vcpu.regs.rax = 0x1122_3344_5566_7788;
     let e = handle(&io_exit(0x80, 1, true, false), &v, &mem(), &FakeHost);
-    assert_eq!(e.regs.rax, 0x1122_3344_5566_77ff);
+    assert_eq!(
+        e.regs.rax, 0x1122_3344_5566_77ff,
+        "port 0x80 (POST codes) is unclaimed"
+    );
     assert_eq!(e.counts.unclaimed_io, 1);
     assert_eq!(e.rip_advance, 2);
     let e = handle(&io_exit(0x80, 2, true, false), &v, &mem(), &FakeHost);
@@ -123,6 +127,29 @@ fn unclaimed_ports_read_all_ones_and_count() {
     assert_eq!(e.outcome, Outcome::Resume);
     let e = handle(&io_exit(0x3f8, 1, false, true), &v, &mem(), &FakeHost);
     assert!(matches!(e.outcome, Outcome::Stop(ref r) if r.starts_with("string I/O to port 0x3f8")));
+    assert_eq!(e.devices, None);
+}
+
+#[test]
+fn claimed_ports_reach_the_devices_on_a_copy() {
+    let mut v = vm();
+    // The UART's scratch register: write, then read back.
+    v.vcpu.regs.rax = 0x5a;
+    let e = handle(&io_exit(0x3ff, 1, false, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.counts.unclaimed_io, 0);
+    assert_ne!(v.devices, e.devices.unwrap(), "only the copy changed");
+    v.devices = e.devices.unwrap();
+    v.vcpu.regs.rax = 0;
+    let e = handle(&io_exit(0x3ff, 1, true, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.regs.rax, 0x5a);
+    // A byte written to the transmit register comes out.
+    v.vcpu.regs.rax = u64::from(b'L');
+    let e = handle(&io_exit(0x3f8, 1, false, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.serial_out.as_slice(), b"L");
+    // The i8042 reset line resets the VM.
+    v.vcpu.regs.rax = 0xfe;
+    let e = handle(&io_exit(0x64, 1, false, false), &v, &mem(), &FakeHost);
+    assert_eq!(e.outcome, Outcome::Reset);
 }
 
 #[test]
@@ -197,7 +224,24 @@ fn scheduling_exits() {
     let v = vm();
     assert_eq!(run(ExitReason::PreemptionTimer, &v).outcome, Outcome::Yield);
     let e = run(ExitReason::Hlt, &v);
-    assert_eq!((e.outcome, e.rip_advance), (Outcome::Halt, 2));
+    assert_eq!(
+        (e.outcome, e.rip_advance),
+        (Outcome::Halt, 2),
+        "IF clear: halted for good"
+    );
+    let x = Exit {
+        rflags: 0x202,
+        ..exit(ExitReason::Hlt)
+    };
+    assert_eq!(
+        handle(&x, &v, &mem(), &FakeHost).outcome,
+        Outcome::Wait,
+        "IF set: waits for an interrupt"
+    );
+    assert_eq!(
+        run(ExitReason::InterruptWindow, &v).outcome,
+        Outcome::Resume
+    );
     assert_eq!(
         run(ExitReason::ExternalInterrupt, &v).outcome,
         Outcome::Resume
