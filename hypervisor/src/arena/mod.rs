@@ -188,6 +188,8 @@ pub struct SwappedMsrs {
     pub cstar: u64,
     pub sfmask: u64,
     pub kernel_gs_base: u64,
+    /// IA32_TSC_AUX: RDTSCP and RDPID read it directly.
+    pub tsc_aux: u64,
 }
 
 #[repr(C)]
@@ -329,6 +331,7 @@ impl VmRecord {
                 cstar: 0,
                 sfmask: 0,
                 kernel_gs_base: 0,
+                tsc_aux: 0,
             },
         },
         stats: VmStats {

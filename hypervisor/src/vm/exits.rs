@@ -37,7 +37,8 @@ pub struct Exit {
     pub efer: u64,
     pub entry_controls: u64,
     pub interruption_info: u32,
-    /// For RDMSR of an MSR held in the VMCS ([`vmcs_msr_field`]): that field's value.
+    /// For RDMSR of an MSR held in the VMCS ([`vmcs_msr_field`]): that field's value; of
+    /// IA32_KERNEL_GS_BASE: the live MSR.
     pub vmcs_msr_value: u64,
     /// Guest time (ns since the VM started) when the exit was read: device models see it.
     pub now_ns: u64,
@@ -57,6 +58,8 @@ pub trait Host {
     fn supported_xcr0(&self) -> u64;
     /// IA32_VMX_CR0_FIXED0/1 and CR4_FIXED0/1.
     fn cr_fixed(&self) -> [u64; 4];
+    /// The TSC frequency in Hz (the guest's TSC runs at the host's rate).
+    fn tsc_hz(&self) -> u64;
 }
 
 /// What happens to the VM after the commit.
@@ -184,7 +187,20 @@ pub fn handle(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, host: &impl Ho
             ..e
         },
         ExitReason::ExternalInterrupt => e,
-        ExitReason::ExceptionOrNmi => exception_or_nmi(exit, e),
+        ExitReason::ExceptionOrNmi => {
+            if let Some(b) = mem.read(exit.rip, 8) {
+                log::debug!(
+                    "vm {}: exception exit: bytes at gpa {:#x}: {:02x?} rax={:#x} rcx={:#x} rdx={:#x}",
+                    vm.name(),
+                    exit.rip,
+                    b,
+                    regs.rax,
+                    regs.rcx,
+                    regs.rdx
+                );
+            }
+            exception_or_nmi(exit, e)
+        }
         ExitReason::Xsetbv => xsetbv(exit, regs, host, e),
         ExitReason::CrAccess => cr_access(exit, regs, host, e),
         ExitReason::Invd | ExitReason::Wbinvd => e.advance(exit),
@@ -247,6 +263,26 @@ fn cpuid(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) ->
             // (26), STIBP (27), L1D_FLUSH (28), ARCH_CAPABILITIES (29), CORE_CAPABILITIES
             // (30), SSBD (31).
             d &= !(0x3f << 26);
+        }
+        0xd if subleaf == 1 => {
+            // XSAVE extensions: keep XSAVEOPT (0) and XGETBV with ECX=1 (2); hide the
+            // compacted formats XSAVEC (1) and XSAVES (3), whose supervisor states need
+            // IA32_XSS, which is not emulated. The sizes in EBX-EDX go with XSAVES.
+            a &= (1 << 0) | (1 << 2);
+            b = 0;
+            c = 0;
+            d = 0;
+        }
+        0x15 => {
+            // TSC and core crystal clock: ratio 1/1 with the crystal at the TSC frequency,
+            // so the guest knows its TSC rate exactly instead of trusting the model's
+            // nominal one (SDM Vol. 2A, CPUID leaf 15H).
+            [a, b, c, d] = [1, 1, host.tsc_hz() as u32, 0];
+        }
+        0x16 => {
+            // Base and maximum frequency in MHz: the TSC's.
+            let mhz = (host.tsc_hz() / 1_000_000) as u32;
+            [a, b, c, d] = [mhz, mhz, 0, 0];
         }
         5 | 6 | 0xa => [a, b, c, d] = [0; 4],
         0x4000_0000 => {
@@ -340,6 +376,12 @@ fn vmcall(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, e: Effect) -> Effe
 /// MSR indices Lazarus emulates (SDM Vol. 4, chapter 2).
 pub mod msr {
     pub const IA32_TSC: u32 = 0x10;
+    pub const IA32_PLATFORM_ID: u32 = 0x17;
+    pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+    pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
+    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    pub const IA32_DEBUGCTL: u32 = 0x1d9;
+    pub const IA32_TSC_AUX: u32 = 0xc000_0103;
     pub const IA32_SYSENTER_CS: u32 = 0x174;
     pub const IA32_SYSENTER_ESP: u32 = 0x175;
     pub const IA32_SYSENTER_EIP: u32 = 0x176;
@@ -361,6 +403,7 @@ fn vmcs_msr(index: u32) -> Option<VmcsField> {
         msr::IA32_SYSENTER_ESP => VmcsField::GuestIa32SysenterEsp,
         msr::IA32_SYSENTER_EIP => VmcsField::GuestIa32SysenterEip,
         msr::IA32_PAT => VmcsField::GuestIa32Pat,
+        msr::IA32_DEBUGCTL => VmcsField::GuestIa32Debugctl,
         msr::IA32_FS_BASE => VmcsField::GuestFsBase,
         msr::IA32_GS_BASE => VmcsField::GuestGsBase,
         _ => return None,
@@ -374,6 +417,7 @@ fn swapped_msr(msrs: &mut crate::arena::SwappedMsrs, index: u32) -> Option<&mut 
         msr::IA32_CSTAR => &mut msrs.cstar,
         msr::IA32_FMASK => &mut msrs.sfmask,
         msr::IA32_KERNEL_GS_BASE => &mut msrs.kernel_gs_base,
+        msr::IA32_TSC_AUX => &mut msrs.tsc_aux,
         _ => return None,
     })
 }
@@ -384,6 +428,18 @@ pub fn vmcs_msr_field(index: u32) -> Option<VmcsField> {
     vmcs_msr(index)
 }
 
+/// Identification and feature MSRs that read as a constant and ignore writes: platform
+/// id 0, no microcode revision, IA32_FEATURE_CONTROL locked with VMX off (no nested
+/// virtualisation), IA32_MISC_ENABLE with only fast strings (bit 0) and XD not disabled.
+fn constant_msr(index: u32) -> Option<u64> {
+    Some(match index {
+        msr::IA32_PLATFORM_ID | msr::IA32_BIOS_SIGN_ID => 0,
+        msr::IA32_FEATURE_CONTROL => 1,
+        msr::IA32_MISC_ENABLE => 1,
+        _ => return None,
+    })
+}
+
 /// RDMSR: emulated MSRs answer; any other raises #GP in the guest (counted). Advances
 /// RIP only on success.
 fn rdmsr(exit: &Exit, vm: &VmRecord, host: &impl Host, mut e: Effect) -> Effect {
@@ -392,6 +448,9 @@ fn rdmsr(exit: &Exit, vm: &VmRecord, host: &impl Host, mut e: Effect) -> Effect 
     let value = match index {
         msr::IA32_TSC => Some(host.rdtsc()),
         msr::IA32_EFER => Some(exit.efer),
+        // SWAPGS changes it without an exit: the exit reader fetched the live value.
+        msr::IA32_KERNEL_GS_BASE => Some(exit.vmcs_msr_value),
+        i if constant_msr(i).is_some() => constant_msr(i),
         i if vmcs_msr(i).is_some() => Some(exit.vmcs_msr_value),
         i => swapped_msr(&mut msrs, i).map(|v| *v),
     };
@@ -421,6 +480,7 @@ fn wrmsr(exit: &Exit, vm: &VmRecord, _host: &impl Host, mut e: Effect) -> Effect
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
     match index {
         msr::IA32_TSC => {}
+        i if constant_msr(i).is_some() => {}
         msr::IA32_EFER => {
             if value & !(EFER_WRITABLE | EFER_LMA) != 0 {
                 e.counts.unknown_msr = 1;
@@ -481,8 +541,8 @@ fn exception_or_nmi(exit: &Exit, e: Effect) -> Effect {
         return e;
     }
     e.stop(format_args!(
-        "unexpected exception vector {} in guest (rip {:#x})",
-        info.vector, exit.rip
+        "unexpected exception vector {} in guest (rip {:#x} qual {:#x} cr0 {:#x} cr4 {:#x} efer {:#x})",
+        info.vector, exit.rip, exit.qualification, exit.cr0, exit.cr4, exit.efer
     ))
 }
 

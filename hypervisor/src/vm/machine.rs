@@ -201,6 +201,9 @@ impl Host for RealHost<'_> {
     fn cr_fixed(&self) -> [u64; 4] {
         self.caps.cr_fixed
     }
+    fn tsc_hz(&self) -> u64 {
+        self.caps.tsc_hz
+    }
 }
 
 /// Guest console lines: `[NAME] text`.
@@ -869,6 +872,7 @@ impl Vms {
         let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
         let mut ram = Ram::of(vm);
         let msrs_before = vm.vcpu.msrs;
+        let xcr0_before = vm.vcpu.xcr0;
         let outcome = match commit(
             effect,
             &exit,
@@ -882,6 +886,11 @@ impl Vms {
         };
         if vm.vcpu.msrs != msrs_before {
             load_swapped_msrs(&vm.vcpu.msrs);
+        }
+        if vm.vcpu.xcr0 != xcr0_before && xsave_enabled() {
+            // XSETBV takes effect at once: the guest's next XSAVE/XRSTOR depends on it.
+            // SAFETY: the handler checked the value against the CPU's supported set.
+            unsafe { vmx::xsetbv(vm.vcpu.xcr0) };
         }
         // The whole step (entry, guest time, exit handling) is charged to the VM.
         vm.stats.guest_tsc += rdtsc().saturating_sub(now);
@@ -949,7 +958,12 @@ impl Vms {
             return;
         }
         if let Some(p) = self.current.filter(|&p| p != next) {
-            save_fpu(&mut self.root.vms[p]);
+            let vm = &mut self.root.vms[p];
+            save_fpu(vm);
+            // SWAPGS changes IA32_KERNEL_GS_BASE without an exit: keep the live value.
+            // SAFETY: the MSR exists on every x86-64 CPU; reading it has no side effect.
+            vm.vcpu.msrs.kernel_gs_base =
+                unsafe { crate::arch::instructions::rdmsr(exits::msr::IA32_KERNEL_GS_BASE) };
         }
         let vm = &mut self.root.vms[next];
         // SAFETY: the VMCS page belongs to this VM and was initialised by reset_guest.
@@ -997,6 +1011,10 @@ fn read_exit(
     if reason == ExitReason::Rdmsr {
         if let Some(field) = exits::vmcs_msr_field(regs.rcx as u32) {
             exit.vmcs_msr_value = v.read(field)?;
+        } else if regs.rcx as u32 == exits::msr::IA32_KERNEL_GS_BASE {
+            // SAFETY: the MSR exists on every x86-64 CPU; reading it has no side effect.
+            exit.vmcs_msr_value =
+                unsafe { crate::arch::instructions::rdmsr(exits::msr::IA32_KERNEL_GS_BASE) };
         }
     }
     Ok(ReadExit { exit, entry_failed })
@@ -1027,6 +1045,10 @@ fn load_swapped_msrs(m: &arena::SwappedMsrs) {
         wrmsr(IA32_CSTAR, m.cstar);
         wrmsr(IA32_FMASK, m.sfmask);
         wrmsr(IA32_KERNEL_GS_BASE, m.kernel_gs_base);
+        // IA32_TSC_AUX exists only with RDTSCP (CPUID.80000001h:EDX[27]).
+        if raw_cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0 {
+            wrmsr(IA32_TSC_AUX, m.tsc_aux);
+        }
     }
 }
 

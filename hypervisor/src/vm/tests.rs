@@ -41,6 +41,9 @@ impl Host for HostStub {
     fn supported_xcr0(&self) -> u64 {
         7
     }
+    fn tsc_hz(&self) -> u64 {
+        50_000_000
+    }
     fn cr_fixed(&self) -> [u64; 4] {
         [0x21, u64::MAX, 0x2000, u64::MAX]
     }
