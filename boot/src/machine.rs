@@ -23,7 +23,12 @@ pub struct BootMachine {
     pub power_off: Option<PowerOff>,
     /// None when VMX could not be started (the console still works).
     pub vms: Option<Vms>,
+    /// The VM whose serial port the console is attached to (`vm console`), if any.
+    pub attached: Option<usize>,
 }
+
+/// Leaves `vm console` (Ctrl-]).
+pub const DETACH_KEY: u8 = 0x1d;
 
 impl Machine for BootMachine {
     fn mem(&self, out: &mut dyn Write) -> fmt::Result {
@@ -96,6 +101,20 @@ impl Machine for BootMachine {
         }
     }
 
+    fn vm_console(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+        match self.vms.as_ref().map(|vms| vms.find(name)) {
+            None => writeln!(out, "error: vm: VMX is not running"),
+            Some(None) => writeln!(out, "error: vm: no VM named '{name}'"),
+            Some(Some(slot)) => {
+                self.attached = Some(slot);
+                writeln!(
+                    out,
+                    "vm {name}: console attached; Ctrl-] returns to the hypervisor"
+                )
+            }
+        }
+    }
+
     fn vm_reset(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
         match &mut self.vms {
             Some(vms) => vms.reset(name, out),
@@ -125,6 +144,22 @@ pub fn run_console(machine: &mut BootMachine) -> ! {
             }
             continue;
         };
+        if let Some(slot) = machine.attached {
+            if byte == DETACH_KEY {
+                machine.attached = None;
+                serial::write_str("\n[lazarus] INFO  console: back to the hypervisor\n");
+                serial::write_str(PROMPT);
+                serial::set_prompt_line(&[PROMPT.as_bytes()]);
+            } else if let Some(vms) = machine.vms.as_mut() {
+                // The UART FIFO holds 16 bytes: run the VM until it has room.
+                while !vms.console_input(slot, byte) {
+                    if !vms.step() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
         let mut reply: heapless::String<2048> = heapless::String::new();
         match editor.feed(byte) {
             Event::None => continue,
@@ -155,6 +190,10 @@ pub fn run_console(machine: &mut BootMachine) -> ! {
                 if result.is_err() {
                     reply.clear();
                     let _ = writeln!(reply, "error: reply too long for the console buffer");
+                }
+                if machine.attached.is_some() {
+                    serial::write_str(&reply);
+                    continue;
                 }
             }
         }

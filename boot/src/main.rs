@@ -134,6 +134,7 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         options,
         power_off,
         vms,
+        attached: None,
     };
     if !options.console_input {
         info!("ready: console input disabled (console=off); running the VMs");

@@ -23,6 +23,8 @@ pub enum Command<'a> {
     VmStats(&'a str),
     VmStop(&'a str),
     VmReset(&'a str),
+    /// `vm console NAME`: the serial line now goes to that VM's UART.
+    VmConsole(&'a str),
     /// `vm create module=N WORDS...`: the words after `create`.
     VmCreate(&'a str),
 }
@@ -67,7 +69,7 @@ impl fmt::Display for ShellError<'_> {
             Self::UnknownVmCommand(c) => {
                 write!(
                     f,
-                    "error: vm: unknown subcommand '{c}' (list, stats NAME, stop NAME, reset NAME, create module=N WORDS)"
+                    "error: vm: unknown subcommand '{c}' (list, stats NAME, stop NAME, reset NAME, console NAME, create module=N WORDS)"
                 )
             }
         }
@@ -86,6 +88,7 @@ commands:
   vm stats NAME   a VM's counters and its exits by reason
   vm stop NAME    stop a VM for good
   vm reset NAME   restart a VM from its module
+  vm console NAME type into a VM's serial port; Ctrl-] comes back here
   vm create module=N WORDS
                   create a VM from boot module N (see README: VMs), e.g.
                   vm create module=0 vm=delta elf mem=8M mode=work
@@ -136,6 +139,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
                 Some("stats") => Command::VmStats(name("vm stats")?),
                 Some("stop") => Command::VmStop(name("vm stop")?),
                 Some("reset") => Command::VmReset(name("vm reset")?),
+                Some("console") => Command::VmConsole(name("vm console")?),
                 Some("create") => {
                     let rest = line
                         .trim_start()
@@ -192,6 +196,7 @@ pub trait Machine {
     fn vm_stats(&self, name: &str, out: &mut dyn Write) -> fmt::Result;
     fn vm_stop(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result;
     fn vm_reset(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result;
+    fn vm_console(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result;
     fn vm_create(&mut self, words: &str, out: &mut dyn Write) -> fmt::Result;
 }
 
@@ -230,6 +235,7 @@ pub fn execute(cmd: Command<'_>, machine: &mut dyn Machine, out: &mut dyn Write)
         Command::VmStats(name) => machine.vm_stats(name, out),
         Command::VmStop(name) => machine.vm_stop(name, out),
         Command::VmReset(name) => machine.vm_reset(name, out),
+        Command::VmConsole(name) => machine.vm_console(name, out),
         Command::VmCreate(words) => machine.vm_create(words, out),
     }
 }
@@ -275,6 +281,9 @@ mod tests {
         }
         fn vm_reset(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
             writeln!(out, "vm {name}: reset")
+        }
+        fn vm_console(&mut self, name: &str, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "console {name}")
         }
         fn vm_create(&mut self, words: &str, out: &mut dyn Write) -> fmt::Result {
             writeln!(out, "create [{words}]")
@@ -351,7 +360,7 @@ mod tests {
         );
         assert_eq!(
             run("vm reboot x", &mut m),
-            "error: vm: unknown subcommand 'reboot' (list, stats NAME, stop NAME, reset NAME, create module=N WORDS)\n"
+            "error: vm: unknown subcommand 'reboot' (list, stats NAME, stop NAME, reset NAME, console NAME, create module=N WORDS)\n"
         );
         assert_eq!(
             run("vm list x", &mut m),

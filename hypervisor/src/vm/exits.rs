@@ -77,6 +77,8 @@ pub enum Outcome {
     PowerOff,
     /// Reset the VM to its initial state (triple fault with on_triple_fault=reset).
     Reset,
+    /// The guest asked for a reset through a device (i8042, port 0xcf9 or 0x92): reboot.
+    Reboot,
     /// Stop the VM, for the reason given (a bad guest, never the hypervisor's fault).
     Stop(heapless::String<96>),
 }
@@ -337,7 +339,7 @@ fn io(exit: &Exit, vm: &VmRecord, mut e: Effect) -> Effect {
         e.devices = Some(devices);
         e.serial_out = ev.serial_out;
         if ev.reset {
-            e.outcome = Outcome::Reset;
+            e.outcome = Outcome::Reboot;
         }
         return e.advance(exit);
     }

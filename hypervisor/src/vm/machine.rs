@@ -918,14 +918,19 @@ impl Vms {
                 vm.set_stop_reason(format_args!("{reason}"));
                 log::error!("vm {}: stopped: {reason}", vm.name());
             }
-            Outcome::Reset => {
-                log::warn!(
-                    "vm {}: triple fault; resetting (on_triple_fault=reset)",
-                    vm.name()
-                );
+            Outcome::Reset | Outcome::Reboot => {
+                if outcome == Outcome::Reset {
+                    log::warn!(
+                        "vm {}: triple fault; resetting (on_triple_fault=reset)",
+                        vm.name()
+                    );
+                } else {
+                    log::info!("vm {}: rebooting (reset requested by the guest)", vm.name());
+                }
                 if let Err(e) = self.reset_guest(slot) {
                     vmx_failure("reset", &self.root.vms[slot], e);
                 }
+                self.root.vms[slot].set_state(VmState::Runnable);
             }
         }
         // Anything but Resume ends the slice.
@@ -1137,6 +1142,23 @@ impl Vms {
             }
         }
         Ok(())
+    }
+
+    /// The slot of the running VM called `name` (for `vm console`).
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.root.find_vm(name)
+    }
+
+    /// A byte typed for VM `slot`'s serial port. False if its receive FIFO is full (the
+    /// caller keeps the byte and tries again later).
+    pub fn console_input(&mut self, slot: usize, byte: u8) -> bool {
+        let vm = &mut self.root.vms[slot];
+        if vm.devices.uart.rx_space() == 0 {
+            return false;
+        }
+        let mut ev = crate::devices::DeviceEvents::default();
+        vm.devices.receive(byte, &mut ev);
+        true
     }
 
     /// `vm reset NAME`: the VM starts again from its module, whatever state it was in.

@@ -152,7 +152,7 @@ fn claimed_ports_reach_the_devices_on_a_copy() {
     // The i8042 reset line resets the VM.
     v.vcpu.regs.rax = 0xfe;
     let e = handle(&io_exit(0x64, 1, false, false), &v, &mem(), &FakeHost);
-    assert_eq!(e.outcome, Outcome::Reset);
+    assert_eq!(e.outcome, Outcome::Reboot);
 }
 
 #[test]
