@@ -408,6 +408,45 @@ pub fn pattern_checksum(n: u64) -> u64 {
     hash
 }
 
+/// Fetches and builds the Linux guest (`scripts/guests`): returns (bzImage, initramfs).
+pub fn linux_guest() -> (PathBuf, PathBuf) {
+    let out = Command::new(root().join("scripts/guests"))
+        .output()
+        .expect("run scripts/guests");
+    assert!(
+        out.status.success(),
+        "scripts/guests failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = root().join("target/guests");
+    (dir.join("vmlinuz"), dir.join("initrd.gz"))
+}
+
+/// The SHA-256 a Linux guest's `cpu seq=N` line must carry: "lazarus-N\n" repeated,
+/// cut to 65536 bytes (docs/linux-guest.md).
+pub fn linux_cpu_sum(n: u64) -> String {
+    let unit = format!("lazarus-{n}\n");
+    let data: Vec<u8> = unit.bytes().cycle().take(65536).collect();
+    hex(&data)
+}
+
+/// The SHA-256 of a Linux guest's `file seq=N` data: 2048 lines "%6d\tlazarus-file N\n".
+pub fn linux_file_sum(n: u64) -> String {
+    let data: String = (1..=2048)
+        .map(|i| format!("{i:6}\tlazarus-file {n}\n"))
+        .collect();
+    hex(data.as_bytes())
+}
+
+fn hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Builds the in-tree test guest (`cargo guests`) and returns its ELF.
 pub fn test_guest() -> PathBuf {
     let status = Command::new("cargo")
