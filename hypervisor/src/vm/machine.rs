@@ -871,6 +871,7 @@ impl Vms {
         let host = RealHost { caps: &caps };
         let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
         let mut ram = Ram::of(vm);
+        let unclaimed_before = vm.stats.unclaimed_io;
         let msrs_before = vm.vcpu.msrs;
         let xcr0_before = vm.vcpu.xcr0;
         let outcome = match commit(
@@ -886,6 +887,20 @@ impl Vms {
         };
         if vm.vcpu.msrs != msrs_before {
             load_swapped_msrs(&vm.vcpu.msrs);
+        }
+        let unclaimed = vm.stats.unclaimed_io;
+        // Rate-limited: the first eight, then every power of two.
+        if unclaimed != unclaimed_before && (unclaimed <= 8 || unclaimed.is_power_of_two()) {
+            let port = (exit.qualification >> 16) & 0xffff;
+            let dir = if exit.qualification & 8 != 0 {
+                "in"
+            } else {
+                "out"
+            };
+            log::info!(
+                "vm {}: unclaimed port {port:#x} ({dir}); {unclaimed} unclaimed accesses so far",
+                vm.name()
+            );
         }
         if vm.vcpu.xcr0 != xcr0_before && xsave_enabled() {
             // XSETBV takes effect at once: the guest's next XSAVE/XRSTOR depends on it.
@@ -1132,8 +1147,8 @@ impl Vms {
         let s = &self.root.vms[slot].stats;
         writeln!(
             out,
-            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={}",
-            s.exits, s.guest_tsc, s.unclaimed_io, s.unknown_msr, s.hypercalls, s.hypercall_errors
+            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={} interrupts={} timer_missed={}",
+            s.exits, s.guest_tsc, s.unclaimed_io, s.unknown_msr, s.hypercalls, s.hypercall_errors, s.interrupts, s.timer_missed
         )?;
         for reason in ExitReason::ALL {
             let n = s.by_reason[reason.index()];
