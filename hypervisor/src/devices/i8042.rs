@@ -113,15 +113,6 @@ impl Default for I8042 {
     }
 }
 
-/// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4, like `size_mask`).
-fn width(size: u8) -> u16 {
-    match size {
-        1 => 1,
-        2 => 2,
-        _ => 4,
-    }
-}
-
 impl I8042 {
     pub const PORTS: &'static [(u16, u16)] = &[(DATA, DATA), (COMMAND, COMMAND)];
 
@@ -144,7 +135,7 @@ impl I8042 {
     /// A guest read of `size` bytes at `port`.
     pub fn read(&mut self, port: u16, size: u8, _now_ns: u64, ev: &mut DeviceEvents) -> u32 {
         let mut value = 0;
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             let byte = match port.wrapping_add(i) {
                 DATA => self.read_data(),
                 COMMAND => self.status | STATUS_UNLOCKED,
@@ -158,7 +149,7 @@ impl I8042 {
 
     /// A guest write of the low `size` bytes of `value` at `port`.
     pub fn write(&mut self, port: u16, size: u8, value: u32, _now_ns: u64, ev: &mut DeviceEvents) {
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             let byte = (value >> (8 * i)) as u8;
             match port.wrapping_add(i) {
                 DATA => {

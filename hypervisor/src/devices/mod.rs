@@ -57,6 +57,17 @@ pub fn size_mask(size: u8) -> u32 {
     }
 }
 
+/// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4, like
+/// [`size_mask`]). Devices split wider accesses into byte accesses to consecutive ports,
+/// as the ISA bus does.
+pub fn access_width(size: u8) -> u16 {
+    match size {
+        1 => 1,
+        2 => 2,
+        _ => 4,
+    }
+}
+
 /// What a port read returns when no device claims the port: all ones.
 pub fn unclaimed_read(size: u8) -> u32 {
     size_mask(size)

@@ -64,15 +64,6 @@ impl Default for PciHost {
     }
 }
 
-/// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4, like `size_mask`).
-fn width(size: u8) -> u16 {
-    match size {
-        1 => 1,
-        2 => 2,
-        _ => 4,
-    }
-}
-
 impl PciHost {
     pub const PORTS: &'static [(u16, u16)] = &[
         (SYSTEM_CONTROL_A, SYSTEM_CONTROL_A),
@@ -91,11 +82,11 @@ impl PciHost {
 
     /// A guest read of `size` bytes at `port`.
     pub fn read(&mut self, port: u16, size: u8, _now_ns: u64, _ev: &mut DeviceEvents) -> u32 {
-        if port == CONFIG_ADDRESS && width(size) == 4 {
+        if port == CONFIG_ADDRESS && super::access_width(size) == 4 {
             return self.address;
         }
         let mut value = 0;
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             let byte = match port.wrapping_add(i) {
                 SYSTEM_CONTROL_A => self.port_a | PORT_A_A20,
                 RESET_CONTROL => self.reset_control,
@@ -110,11 +101,11 @@ impl PciHost {
 
     /// A guest write of the low `size` bytes of `value` at `port`.
     pub fn write(&mut self, port: u16, size: u8, value: u32, _now_ns: u64, ev: &mut DeviceEvents) {
-        if port == CONFIG_ADDRESS && width(size) == 4 {
+        if port == CONFIG_ADDRESS && super::access_width(size) == 4 {
             self.address = value;
             return;
         }
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             let byte = (value >> (8 * i)) as u8;
             match port.wrapping_add(i) {
                 SYSTEM_CONTROL_A => {

@@ -125,15 +125,6 @@ impl Default for Pic {
     }
 }
 
-/// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4, like `size_mask`).
-fn width(size: u8) -> u16 {
-    match size {
-        1 => 1,
-        2 => 2,
-        _ => 4,
-    }
-}
-
 impl Chip {
     const fn new(vector_base: u8, icw3: u8) -> Self {
         Chip {
@@ -396,7 +387,7 @@ impl Pic {
     /// A guest read of `size` bytes at `port`.
     pub fn read(&mut self, port: u16, size: u8, _now_ns: u64, _ev: &mut DeviceEvents) -> u32 {
         let mut value = 0;
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             let byte = self.read_byte(port.wrapping_add(i));
             value |= u32::from(byte) << (8 * i);
         }
@@ -406,7 +397,7 @@ impl Pic {
 
     /// A guest write of the low `size` bytes of `value` at `port`.
     pub fn write(&mut self, port: u16, size: u8, value: u32, _now_ns: u64, _ev: &mut DeviceEvents) {
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
         }
         self.sync_cascade();

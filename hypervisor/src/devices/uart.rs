@@ -144,15 +144,6 @@ impl Default for Uart {
     }
 }
 
-/// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4, like `size_mask`).
-fn width(size: u8) -> u16 {
-    match size {
-        1 => 1,
-        2 => 2,
-        _ => 4,
-    }
-}
-
 impl Uart {
     /// The ports COM1 claims.
     pub const PORTS: &'static [(u16, u16)] = &[(BASE, BASE + 7)];
@@ -182,7 +173,7 @@ impl Uart {
     /// A guest read of `size` bytes at `port`.
     pub fn read(&mut self, port: u16, size: u8, _now_ns: u64, ev: &mut DeviceEvents) -> u32 {
         let mut value = 0;
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             let p = port.wrapping_add(i);
             let byte = match p.checked_sub(BASE) {
                 Some(offset) if offset < 8 => self.read_register(offset),
@@ -196,7 +187,7 @@ impl Uart {
 
     /// A guest write of the low `size` bytes of `value` at `port`.
     pub fn write(&mut self, port: u16, size: u8, value: u32, _now_ns: u64, ev: &mut DeviceEvents) {
-        for i in 0..width(size) {
+        for i in 0..super::access_width(size) {
             let p = port.wrapping_add(i);
             if let Some(offset) = p.checked_sub(BASE).filter(|&o| o < 8) {
                 self.write_register(offset, (value >> (8 * i)) as u8, ev);
