@@ -124,6 +124,9 @@ pub const NO_MODULE: u32 = u32::MAX;
 /// What to do when the guest triple-faults.
 pub const ON_TRIPLE_FAULT_STOP: u32 = 0;
 pub const ON_TRIPLE_FAULT_RESET: u32 = 1;
+/// What to do when the guest resets itself (i8042, 0xcf9, 0x92).
+pub const ON_REBOOT_RESET: u32 = 0;
+pub const ON_REBOOT_STOP: u32 = 1;
 
 /// How the VM was configured: never changes while the VM exists (checksummed).
 #[repr(C)]
@@ -136,6 +139,9 @@ pub struct VmConfig {
     pub kind: u32,
     /// Index of the initramfs module of a Linux VM, [`NO_MODULE`] if none.
     pub initrd_module: u32,
+    /// What a guest-requested reset does: [`ON_REBOOT_RESET`] or [`ON_REBOOT_STOP`].
+    pub on_reboot: u32,
+    pub _pad: u32,
     /// Guest RAM: host-physical range, mapped at guest-physical 0.
     pub ram_start: u64,
     pub ram_size: u64,
@@ -286,6 +292,8 @@ impl VmRecord {
             on_triple_fault: ON_TRIPLE_FAULT_STOP,
             kind: KIND_ELF,
             initrd_module: NO_MODULE,
+            on_reboot: ON_REBOOT_RESET,
+            _pad: 0,
             ram_start: 0,
             ram_size: 0,
             entry: 0,
@@ -393,6 +401,7 @@ impl VmRecord {
         h.u64(u64::from(self.config.on_triple_fault));
         h.u64(u64::from(self.config.kind));
         h.u64(u64::from(self.config.initrd_module));
+        h.u64(u64::from(self.config.on_reboot));
         h.u64(self.config.ram_start);
         h.u64(self.config.ram_size);
         h.u64(self.config.entry);

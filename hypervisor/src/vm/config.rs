@@ -75,6 +75,8 @@ pub struct ModuleSpec {
     pub role: Role,
     pub mem: Option<u64>,
     pub on_triple_fault: Option<TripleFault>,
+    /// `on_reboot=`: what a guest-requested reset does (reset, the default, or stop).
+    pub on_reboot: Option<TripleFault>,
     /// `cmdline=` of a kernel line.
     pub cmdline: Option<Text>,
     /// The other words of an `elf` line, space-separated.
@@ -92,6 +94,7 @@ pub enum SpecError {
     TwoRoles,
     BadMem(Snippet),
     BadTripleFault(Snippet),
+    BadReboot(Snippet),
     Duplicate(&'static str),
     ArgsTooLong,
     WordTooLong,
@@ -122,6 +125,7 @@ impl fmt::Display for SpecError {
             Self::BadTripleFault(v) => {
                 write!(f, "bad on_triple_fault= value '{v}' (stop or reset)")
             }
+            Self::BadReboot(v) => write!(f, "bad on_reboot= value '{v}' (reset or stop)"),
             Self::Duplicate(k) => write!(f, "{k}= given twice"),
             Self::ArgsTooLong => {
                 write!(f, "guest arguments longer than {} bytes", ELF_ARGS_LEN - 1)
@@ -191,6 +195,7 @@ pub fn parse(module_string: &str) -> Result<ModuleSpec, SpecError> {
     let mut role = None;
     let mut mem = None;
     let mut triple = None;
+    let mut reboot = None;
     let mut cmdline: Option<Text> = None;
     let mut args = Text::new();
     let mut others: heapless::Vec<&str, 32> = heapless::Vec::new();
@@ -242,6 +247,16 @@ pub fn parse(module_string: &str) -> Result<ModuleSpec, SpecError> {
                     return Err(SpecError::Duplicate("on_triple_fault"));
                 }
             }
+            Some(("on_reboot", v)) => {
+                let t = match v {
+                    "stop" => TripleFault::Stop,
+                    "reset" => TripleFault::Reset,
+                    _ => return Err(SpecError::BadReboot(snippet(v))),
+                };
+                if reboot.replace(t).is_some() {
+                    return Err(SpecError::Duplicate("on_reboot"));
+                }
+            }
             Some(("cmdline", v)) => {
                 if cmdline.replace(text(v)).is_some() {
                     return Err(SpecError::Duplicate("cmdline"));
@@ -283,8 +298,11 @@ pub fn parse(module_string: &str) -> Result<ModuleSpec, SpecError> {
             if let Some(w) = others.first() {
                 return Err(not_for(w, "initrd"));
             }
-            if mem.is_some() || triple.is_some() || cmdline.is_some() {
-                return Err(not_for("mem=/on_triple_fault=/cmdline=", "initrd"));
+            if mem.is_some() || triple.is_some() || reboot.is_some() || cmdline.is_some() {
+                return Err(not_for(
+                    "mem=/on_triple_fault=/on_reboot=/cmdline=",
+                    "initrd",
+                ));
             }
         }
     }
@@ -293,6 +311,7 @@ pub fn parse(module_string: &str) -> Result<ModuleSpec, SpecError> {
         role,
         mem,
         on_triple_fault: triple,
+        on_reboot: reboot,
         cmdline,
         args,
     })
@@ -309,6 +328,8 @@ pub struct VmPlan {
     pub initrd: Option<usize>,
     pub mem: u64,
     pub on_triple_fault: TripleFault,
+    /// What a guest-requested reset does.
+    pub on_reboot: TripleFault,
     /// Guest arguments (elf) or kernel command line (kernel).
     pub args: Text,
 }
@@ -398,6 +419,7 @@ pub fn plan(
                 initrd: None,
                 mem: spec.mem.unwrap_or(default_mem),
                 on_triple_fault: spec.on_triple_fault.unwrap_or(TripleFault::Stop),
+                on_reboot: spec.on_reboot.unwrap_or(TripleFault::Reset),
                 args,
             });
         }

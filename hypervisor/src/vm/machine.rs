@@ -401,6 +401,10 @@ impl Vms {
             TripleFault::Stop => arena::ON_TRIPLE_FAULT_STOP,
             TripleFault::Reset => arena::ON_TRIPLE_FAULT_RESET,
         };
+        vm.config.on_reboot = match plan.on_reboot {
+            TripleFault::Stop => arena::ON_REBOOT_STOP,
+            TripleFault::Reset => arena::ON_REBOOT_RESET,
+        };
         vm.config.ram_start = ram.start;
         vm.config.ram_size = plan.mem;
         vm.config.entry = entry;
@@ -933,6 +937,14 @@ impl Vms {
                 vm.set_stop_reason(format_args!("{reason}"));
                 log::error!("vm {}: stopped: {reason}", vm.name());
             }
+            Outcome::Reboot if vm.config.on_reboot == arena::ON_REBOOT_STOP => {
+                vm.set_state(VmState::Stopped);
+                vm.set_stop_reason(format_args!("the guest reset itself (on_reboot=stop)"));
+                log::info!(
+                    "vm {}: stopped: the guest reset itself (on_reboot=stop)",
+                    vm.name()
+                );
+            }
             Outcome::Reset | Outcome::Reboot => {
                 if outcome == Outcome::Reset {
                     log::warn!(
@@ -1147,8 +1159,9 @@ impl Vms {
         let s = &self.root.vms[slot].stats;
         writeln!(
             out,
-            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={} interrupts={} timer_missed={}",
-            s.exits, s.guest_tsc, s.unclaimed_io, s.unknown_msr, s.hypercalls, s.hypercall_errors, s.interrupts, s.timer_missed
+            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={} interrupts={} timer_missed={} time_ms={}",
+            s.exits, s.guest_tsc, s.unclaimed_io, s.unknown_msr, s.hypercalls, s.hypercall_errors, s.interrupts, s.timer_missed,
+            guest_ns(&self.root.vms[slot], &self.caps) / 1_000_000
         )?;
         for reason in ExitReason::ALL {
             let n = s.by_reason[reason.index()];
@@ -1256,6 +1269,7 @@ impl Vms {
                 role: Role::Initrd,
                 mem: None,
                 on_triple_fault: None,
+                on_reboot: None,
                 cmdline: None,
                 args: Default::default(),
             };
