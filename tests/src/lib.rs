@@ -315,6 +315,11 @@ impl Machine {
             .expect("write to console");
     }
 
+    /// Types raw bytes (no Enter).
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to console");
+    }
+
     /// Runs a console command and returns its reply: the lines between the echoed
     /// command and the next prompt (a reply is printed in one piece, so VM output
     /// cannot interleave with it).

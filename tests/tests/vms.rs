@@ -329,3 +329,42 @@ fn vms_are_reset_and_created_from_the_console() {
     );
     assert!(m.command("vm list").contains("delta id=2 state=running"));
 }
+
+#[test]
+fn the_console_types_into_a_vm_until_ctrl_bracket() {
+    let mut m = boot(
+        "vms_console_attach",
+        &[
+            "vm=echo elf mem=4M mode=echo",
+            "vm=alpha elf mem=8M mode=work burn=50",
+        ],
+    );
+    m.wait_for_text("[echo] echo ready", RUN);
+    m.send_line("vm console echo");
+    m.expect_line(
+        r"^vm echo: console attached; Ctrl-\] returns to the hypervisor$",
+        RUN,
+    );
+    m.send_line("hello lazarus");
+    m.expect_line(r"^\[echo\] echo got=hello lazarus$", RUN);
+    // A line longer than the UART's 16-byte FIFO arrives whole.
+    m.send_line("0123456789abcdefghijklmnopqrstuvwxyz");
+    m.expect_line(
+        r"^\[echo\] echo got=0123456789abcdefghijklmnopqrstuvwxyz$",
+        RUN,
+    );
+    m.send_bytes(&[0x1d]);
+    m.expect_line(r"^\[lazarus\] INFO  console: back to the hypervisor$", RUN);
+    m.wait_prompt(RUN);
+    assert!(m.command("vm list").contains("echo id=1 state=running"));
+    assert!(
+        !m.lines()
+            .iter()
+            .any(|l| l.contains("unknown command 'hello'")),
+        "typed text reached the hypervisor console"
+    );
+    assert_eq!(
+        m.command("vm console nobody"),
+        "error: vm: no VM named 'nobody'\n"
+    );
+}

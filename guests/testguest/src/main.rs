@@ -14,7 +14,7 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `mode=` | `work`, `spin`, `hlt`, `wild-write`, `wild-read`, `triple-fault`, `user-hypercall` | `work` |
+//! | `mode=` | `work`, `spin`, `hlt`, `echo`, `wild-write`, `wild-read`, `triple-fault`, `user-hypercall` | `work` |
 //! | `iterations=K` | `work`: power off after K iterations (decimal) | run forever |
 //! | `burn=N` | `work`: N extra rounds of CPU work per iteration (decimal) | 0 |
 //! | `addr=0xHEX` | `wild-*`: the guest-physical target (hex, `0x` optional, below 2^52) | required |
@@ -61,6 +61,8 @@
 //!
 //! * `spin`: `spinning`, then a tight loop with interrupts off and no VM exit.
 //! * `hlt`: `halting`, then CLI; HLT forever.
+//! * `echo`: `echo ready`, then for every line received on COM1 (polled; CR or LF ends
+//!   a line, at most 80 bytes kept) `echo got=TEXT`.
 //! * `wild-write`: `wild-write addr=0x...`, then an 8-byte write at guest-physical ADDR
 //!   (mapped through a window in PML4 slot 511); if the write completes,
 //!   `wild-write survived` and a spin loop. Without `addr=`: `error missing addr`, then
@@ -165,6 +167,7 @@ extern "sysv64" fn main(info: &'static StartInfo) -> ! {
         b"work" => modes::work(&args),
         b"spin" => modes::spin(),
         b"hlt" => modes::halt(),
+        b"echo" => modes::echo(),
         b"wild-write" | b"wild-read" => {
             let Some(addr) = args.addr else {
                 println!("error missing addr");

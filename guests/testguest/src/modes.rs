@@ -101,6 +101,36 @@ pub fn spin() -> ! {
     }
 }
 
+/// `echo`: reads its serial port (COM1, polled through the line status register) and
+/// prints each line it receives, so a test can type into the VM through `vm console`.
+pub fn echo() -> ! {
+    const COM1: u16 = 0x3f8;
+    println!("echo ready");
+    let mut line = [0u8; 80];
+    let mut len = 0;
+    loop {
+        // SAFETY: COM1's line status register (LSR, base + 5): bit 0 = data ready. Reading
+        // the receive buffer (base + 0) takes the byte; both are the VM's own UART.
+        let byte = unsafe {
+            if cpu::inb(COM1 + 5) & 1 == 0 {
+                continue;
+            }
+            cpu::inb(COM1)
+        };
+        match byte {
+            b'\r' | b'\n' => {
+                println!("echo got={}", Text(&line[..len]));
+                len = 0;
+            }
+            b if len < line.len() => {
+                line[len] = b;
+                len += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// `hlt`: halted with interrupts off.
 pub fn halt() -> ! {
     println!("halting");
