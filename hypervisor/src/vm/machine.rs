@@ -1293,7 +1293,7 @@ impl Vms {
         };
         let vm = &mut self.root.vms[slot];
         match vm.state() {
-            Some(VmState::Runnable | VmState::Halted) => {
+            Some(VmState::Runnable | VmState::Waiting | VmState::Halted) => {
                 vm.set_state(VmState::Stopped);
                 vm.set_stop_reason(format_args!("stopped by the operator"));
                 log::info!("vm {name}: stopped: stopped by the operator");
