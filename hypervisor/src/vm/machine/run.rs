@@ -1,0 +1,378 @@
+//! The run loop: pick a VM, deliver its interrupts, enter it, read the exit, hand it to
+//! the handlers, commit, and act on the outcome.
+
+use super::*;
+
+/// A hypervisor failure in the VMX layer: VMX instructions and VM entries must not fail
+/// (DESIGN 5), so this ends in the failure hook.
+pub(super) fn vmx_failure(what: &str, vm: &VmRecord, error: VmxError) -> ! {
+    failure::fail(&Failure::Vmx {
+        what,
+        vm: vm.name(),
+        error,
+    })
+}
+
+impl Vms {
+    /// Runs one VM entry and handles the exit it ends with. Returns false when no VM
+    /// can run (the caller idles).
+    pub fn step(&mut self) -> bool {
+        let now = rdtsc();
+        let slot = match self.current {
+            Some(s)
+                if now < self.slice_end && self.root.vms[s].state() == Some(VmState::Runnable) =>
+            {
+                s
+            }
+            _ => match self.wake_and_pick(now) {
+                Some(next) => {
+                    self.switch_to(next);
+                    self.last = Some(next);
+                    self.slice_end = now + SLICE_TSC;
+                    next
+                }
+                None => return false,
+            },
+        };
+        let remaining = self.slice_end.saturating_sub(now);
+        let caps = self.caps;
+        let vm = &mut self.root.vms[slot];
+        if let Err(e) = deliver_interrupts(vm, &caps) {
+            vmx_failure("interrupt delivery", vm, e);
+        }
+        let timer = scheduler::timer_value(remaining, caps.timer_rate);
+        if let Err(e) = vmx::CurrentVmcs.write(VmcsField::PreemptionTimerValue, u64::from(timer)) {
+            vmx_failure("VMWRITE of the preemption timer", vm, e);
+        }
+        vm.vcpu.journal.phase = Phase::InGuest as u32;
+        // SAFETY: this VM's VMCS is current (switch_to / reset_guest) and fully set up; its
+        // registers live in the arena record, which nothing else touches while it runs.
+        let result = unsafe { vmentry::enter(&mut vm.vcpu.regs, vm.vcpu.launched != 0) };
+        let exited_at = rdtsc();
+        match result {
+            EntryResult::Exited => vm.vcpu.launched = 1,
+            EntryResult::FailInvalid => vmx_failure("VM entry", vm, VmxError::VmFailInvalid),
+            EntryResult::FailValid => {
+                let error = vmx::CurrentVmcs
+                    .read(VmcsField::InstructionError)
+                    .unwrap_or(0) as u32;
+                vmx_failure(
+                    "VM entry",
+                    vm,
+                    VmxError::VmFailValid(crate::vmx::fields::InstructionError::from_number(error)),
+                )
+            }
+        }
+        let now_ns = guest_ns(vm, &caps);
+        let exit = match read_exit(&vmx::CurrentVmcs, &vm.vcpu.regs, now_ns) {
+            Ok(exit) => exit,
+            Err(e) => vmx_failure("VMREAD of the exit information", vm, e),
+        };
+        if exit.entry_failed {
+            log::error!(
+                "vm {}: VM entry failed: exit reason {}",
+                vm.name(),
+                exit.exit.reason.name()
+            );
+            vmx_failure(
+                "VM entry (invalid guest state or MSR loading)",
+                vm,
+                VmxError::VmFailInvalid,
+            );
+        }
+        let exit = exit.exit;
+        let j = &mut vm.vcpu.journal;
+        j.phase = Phase::Handling as u32;
+        j.exit_seq += 1;
+        j.exit_reason = u32::from(exit.reason.basic());
+        j.rip_at_exit = exit.rip;
+        vm.stats.exits += 1;
+        vm.stats.by_reason[exit.reason.index()] += 1;
+        if exit.reason == ExitReason::ExternalInterrupt {
+            acknowledge_external(exit.interruption_info);
+        }
+        let host = RealHost { caps: &caps };
+        let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
+        let mut ram = Ram::of(vm);
+        let unclaimed_before = vm.stats.unclaimed_io;
+        let msrs_before = vm.vcpu.msrs;
+        let xcr0_before = vm.vcpu.xcr0;
+        let outcome = match commit(
+            effect,
+            &exit,
+            vm,
+            &mut vmx::CurrentVmcs,
+            &mut ram,
+            &mut SerialSink,
+        ) {
+            Ok(outcome) => outcome,
+            Err(e) => vmx_failure("commit of a VM exit", vm, e),
+        };
+        if vm.vcpu.msrs != msrs_before {
+            load_swapped_msrs(&vm.vcpu.msrs);
+        }
+        let unclaimed = vm.stats.unclaimed_io;
+        // Rate-limited: the first eight, then every power of two.
+        if unclaimed != unclaimed_before && (unclaimed <= 8 || unclaimed.is_power_of_two()) {
+            let port = (exit.qualification >> 16) & 0xffff;
+            let dir = if exit.qualification & 8 != 0 {
+                "in"
+            } else {
+                "out"
+            };
+            log::info!(
+                "vm {}: unclaimed port {port:#x} ({dir}); {unclaimed} unclaimed accesses so far",
+                vm.name()
+            );
+        }
+        if vm.vcpu.xcr0 != xcr0_before && xsave_enabled() {
+            // XSETBV takes effect at once: the guest's next XSAVE/XRSTOR depends on it.
+            // SAFETY: the handler checked the value against the CPU's supported set.
+            unsafe { vmx::xsetbv(vm.vcpu.xcr0) };
+        }
+        // The whole step (entry, guest time, exit handling) is charged to the VM.
+        vm.stats.guest_tsc += rdtsc().saturating_sub(now);
+        let _ = exited_at;
+        self.apply(slot, outcome);
+        true
+    }
+
+    pub(super) fn apply(&mut self, slot: usize, outcome: Outcome) {
+        let vm = &mut self.root.vms[slot];
+        match outcome {
+            Outcome::Resume => return,
+            Outcome::Yield => {}
+            Outcome::Halt => {
+                vm.set_state(VmState::Halted);
+                log::info!("vm {}: halted", vm.name());
+            }
+            Outcome::Wait => vm.set_state(VmState::Waiting),
+            Outcome::PowerOff => {
+                vm.set_state(VmState::Off);
+                log::info!("vm {}: powered off", vm.name());
+            }
+            Outcome::Stop(reason) => {
+                vm.set_state(VmState::Stopped);
+                vm.set_stop_reason(format_args!("{reason}"));
+                log::error!("vm {}: stopped: {reason}", vm.name());
+            }
+            Outcome::Reboot if vm.config.on_reboot == arena::ON_REBOOT_STOP => {
+                vm.set_state(VmState::Stopped);
+                vm.set_stop_reason(format_args!("the guest reset itself (on_reboot=stop)"));
+                log::info!(
+                    "vm {}: stopped: the guest reset itself (on_reboot=stop)",
+                    vm.name()
+                );
+            }
+            Outcome::Reset | Outcome::Reboot => {
+                if outcome == Outcome::Reset {
+                    log::warn!(
+                        "vm {}: triple fault; resetting (on_triple_fault=reset)",
+                        vm.name()
+                    );
+                } else {
+                    log::info!("vm {}: rebooting (reset requested by the guest)", vm.name());
+                }
+                if let Err(e) = self.reset_guest(slot) {
+                    vmx_failure("reset", &self.root.vms[slot], e);
+                }
+                self.root.vms[slot].set_state(VmState::Runnable);
+            }
+        }
+        // Anything but Resume ends the slice.
+        self.slice_end = 0;
+    }
+
+    /// Wakes the waiting VMs whose interrupt is due, then picks the next VM round robin.
+    pub(super) fn wake_and_pick(&mut self, now: u64) -> Option<usize> {
+        let caps = self.caps;
+        for vm in self
+            .root
+            .vms
+            .iter_mut()
+            .filter(|vm| vm.state() == Some(VmState::Waiting))
+        {
+            let now_ns =
+                crate::arch::tsc::ticks_to_ns(now.saturating_sub(vm.clock_start), caps.tsc_hz);
+            let due = vm.devices.pic.pending_vector().is_some()
+                || vm.devices.next_deadline().is_some_and(|d| d <= now_ns);
+            if due {
+                vm.set_state(VmState::Runnable);
+            }
+        }
+        scheduler::next_runnable(&self.root.vms, self.last)
+    }
+
+    /// Makes `next`'s VMCS current and its MSRs live.
+    pub(super) fn switch_to(&mut self, next: usize) {
+        if self.current == Some(next) {
+            return;
+        }
+        if let Some(p) = self.current.filter(|&p| p != next) {
+            let vm = &mut self.root.vms[p];
+            save_fpu(vm);
+            // SWAPGS changes IA32_KERNEL_GS_BASE without an exit: keep the live value.
+            // SAFETY: the MSR exists on every x86-64 CPU; reading it has no side effect.
+            vm.vcpu.msrs.kernel_gs_base =
+                unsafe { crate::arch::instructions::rdmsr(exits::msr::IA32_KERNEL_GS_BASE) };
+        }
+        let vm = &mut self.root.vms[next];
+        // SAFETY: the VMCS page belongs to this VM and was initialised by reset_guest.
+        if let Err(e) = unsafe { vmx::vmptrld(vm.vcpu.vmcs) } {
+            vmx_failure("VMPTRLD", vm, e);
+        }
+        restore_fpu(vm, self.caps.xcr0);
+        load_swapped_msrs(&vm.vcpu.msrs);
+        self.current = Some(next);
+    }
+}
+
+/// The exit as read from the current VMCS.
+pub(super) struct ReadExit {
+    exit: Exit,
+    entry_failed: bool,
+}
+
+pub(super) fn read_exit(
+    v: &impl VmcsAccess,
+    regs: &GuestRegisters,
+    now_ns: u64,
+) -> Result<ReadExit, VmxError> {
+    use VmcsField as F;
+    let (reason, entry_failed) = ExitReason::from_raw(v.read(F::ExitReason)? as u32);
+    let mut exit = Exit {
+        reason,
+        qualification: v.read(F::ExitQualification)?,
+        instruction_len: v.read(F::ExitInstructionLength)?,
+        guest_physical: v.read(F::GuestPhysicalAddress)?,
+        rip: v.read(F::GuestRip)?,
+        rsp: v.read(F::GuestRsp)?,
+        rflags: v.read(F::GuestRflags)?,
+        cpl: ((v.read(F::GuestSsAccessRights)? >> 5) & 3) as u8,
+        cr0: v.read(F::GuestCr0)?,
+        cr4: v.read(F::GuestCr4)?,
+        cr0_shadow: v.read(F::Cr0ReadShadow)?,
+        cr4_shadow: v.read(F::Cr4ReadShadow)?,
+        efer: v.read(F::GuestIa32Efer)?,
+        entry_controls: v.read(F::EntryControls)?,
+        interruption_info: v.read(F::ExitInterruptionInfo)? as u32,
+        vmcs_msr_value: 0,
+        now_ns,
+    };
+    if reason == ExitReason::Rdmsr {
+        if let Some(field) = exits::vmcs_msr_field(regs.rcx as u32) {
+            exit.vmcs_msr_value = v.read(field)?;
+        } else if regs.rcx as u32 == exits::msr::IA32_KERNEL_GS_BASE {
+            // SAFETY: the MSR exists on every x86-64 CPU; reading it has no side effect.
+            exit.vmcs_msr_value =
+                unsafe { crate::arch::instructions::rdmsr(exits::msr::IA32_KERNEL_GS_BASE) };
+        }
+    }
+    Ok(ReadExit { exit, entry_failed })
+}
+
+/// Sends the EOI for an interrupt acknowledged by a VM exit (interruption info valid).
+pub(super) fn acknowledge_external(info: u32) {
+    if info & (1 << 31) != 0 {
+        crate::arch::pic::end_of_interrupt(info as u8);
+    }
+}
+
+/// Loads the MSRs the VMCS does not switch (SDM Vol. 4, indices in `exits::msr`).
+pub(super) fn load_swapped_msrs(m: &arena::SwappedMsrs) {
+    use exits::msr::*;
+    // SAFETY: these MSRs exist on every x86-64 CPU; the host never uses SYSCALL or SWAPGS,
+    // so guest values in them cannot affect it.
+    unsafe {
+        wrmsr(IA32_STAR, m.star);
+        wrmsr(IA32_LSTAR, m.lstar);
+        wrmsr(IA32_CSTAR, m.cstar);
+        wrmsr(IA32_FMASK, m.sfmask);
+        wrmsr(IA32_KERNEL_GS_BASE, m.kernel_gs_base);
+        // IA32_TSC_AUX exists only with RDTSCP (CPUID.80000001h:EDX[27]).
+        if raw_cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0 {
+            wrmsr(IA32_TSC_AUX, m.tsc_aux);
+        }
+    }
+}
+
+/// Saves the guest FPU/SSE/AVX state of `vm` (it is live in the registers while the VM
+/// is current, since the host never touches it).
+pub(super) fn save_fpu(vm: &mut VmRecord) {
+    if vm.vcpu.xsave == 0 || !xsave_enabled() {
+        return;
+    }
+    // SAFETY: the XSAVE area is this VM's arena page; XCR0 holds the VM's value.
+    unsafe { vmx::xsave(vm.vcpu.xsave, u64::MAX) };
+    vm.vcpu.fpu_saved = 1;
+}
+
+/// Makes `vm`'s XCR0 and FPU state live (a zeroed area restores the init state).
+pub(super) fn restore_fpu(vm: &mut VmRecord, supported: u64) {
+    if vm.vcpu.xsave == 0 || !xsave_enabled() {
+        return;
+    }
+    let xcr0 = if vm.vcpu.xcr0 & !supported == 0 && vm.vcpu.xcr0 & 1 != 0 {
+        vm.vcpu.xcr0
+    } else {
+        1
+    };
+    // SAFETY: xcr0 was validated against the CPU's supported set; the area is the VM's
+    // own page, either written by XSAVE or zeroed (XSTATE_BV = 0: init state).
+    unsafe {
+        vmx::xsetbv(xcr0);
+        vmx::xrstor(vm.vcpu.xsave, u64::MAX);
+    }
+}
+
+pub(super) fn xsave_enabled() -> bool {
+    crate::arch::instructions::control_registers()[3] & (1 << 18) != 0
+}
+
+/// Guest time: nanoseconds since the VM started, from the host TSC.
+pub(super) fn guest_ns(vm: &VmRecord, caps: &Caps) -> u64 {
+    crate::arch::tsc::ticks_to_ns(rdtsc().saturating_sub(vm.clock_start), caps.tsc_hz)
+}
+
+/// Before a VM entry: fire due timers, then inject the PIC's pending interrupt if the
+/// guest can take it, or ask for an exit as soon as it can (interrupt-window exiting).
+pub(super) fn deliver_interrupts(vm: &mut VmRecord, caps: &Caps) -> Result<(), VmxError> {
+    use crate::vm::interrupts::{decide, Delivery};
+    use crate::vmx::controls::primary::INTERRUPT_WINDOW_EXITING;
+    let mut ev = crate::devices::DeviceEvents::default();
+    vm.stats.timer_missed += vm.devices.tick(guest_ns(vm, caps), &mut ev);
+    let pending = vm.devices.pic.pending_vector().is_some();
+    if !pending && vm.window_open == 0 {
+        return Ok(());
+    }
+    let v = &mut vmx::CurrentVmcs;
+    let rflags = v.read(VmcsField::GuestRflags)?;
+    let blocking = v.read(VmcsField::GuestInterruptibilityState)? as u32;
+    let queued = v.read(VmcsField::EntryInterruptionInfo)? & (1 << 31) != 0;
+    let want_window = match decide(pending, rflags, blocking, queued) {
+        Delivery::Nothing => false,
+        Delivery::OpenWindow => true,
+        Delivery::Inject => {
+            if let Some(vector) = vm.devices.pic.acknowledge() {
+                crate::vmx::event::inject_external_interrupt(vector).write_to(v)?;
+                vm.stats.interrupts += 1;
+            }
+            false
+        }
+    };
+    if want_window != (vm.window_open != 0) {
+        if want_window {
+            v.set_bits(
+                VmcsField::PrimaryProcBasedControls,
+                u64::from(INTERRUPT_WINDOW_EXITING),
+            )?;
+        } else {
+            v.clear_bits(
+                VmcsField::PrimaryProcBasedControls,
+                u64::from(INTERRUPT_WINDOW_EXITING),
+            )?;
+        }
+        vm.window_open = u32::from(want_window);
+    }
+    Ok(())
+}
