@@ -1,53 +1,14 @@
 //! The transaction property: an exit's effect changes nothing until the commit, and the
 //! commit applies all of it.
 
-use super::exits::{handle, Exit, GuestMemory, Host};
+use super::exits::tests::{FakeHost as HostStub, FakeMem as Mem};
+use super::exits::{handle, Exit};
 use super::*;
 use crate::arena::{set_text, VmRecord};
 use crate::vmx::exit::ExitReason;
 use crate::vmx::fields::FakeVmcs;
 use std::string::String;
 use std::vec::Vec;
-
-struct Mem(Vec<u8>);
-
-impl GuestMemory for Mem {
-    fn read(&self, gpa: u64, len: u64) -> Option<&[u8]> {
-        let end = gpa.checked_add(len)?;
-        (end <= self.0.len() as u64).then(|| &self.0[gpa as usize..end as usize])
-    }
-}
-
-impl GuestMemoryMut for Mem {
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
-        let end = gpa as usize + data.len();
-        if end > self.0.len() {
-            return false;
-        }
-        self.0[gpa as usize..end].copy_from_slice(data);
-        true
-    }
-}
-
-struct HostStub;
-
-impl Host for HostStub {
-    fn cpuid(&self, leaf: u32, _: u32) -> [u32; 4] {
-        [leaf, 0, 0, 0]
-    }
-    fn rdtsc(&self) -> u64 {
-        7
-    }
-    fn supported_xcr0(&self) -> u64 {
-        7
-    }
-    fn tsc_hz(&self) -> u64 {
-        50_000_000
-    }
-    fn cr_fixed(&self) -> [u64; 4] {
-        [0x21, u64::MAX, 0x2000, u64::MAX]
-    }
-}
 
 #[derive(Default)]
 struct Lines(Vec<String>);

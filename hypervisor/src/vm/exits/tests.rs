@@ -12,6 +12,17 @@ impl GuestMemory for FakeMem {
     }
 }
 
+impl crate::vm::GuestMemoryMut for FakeMem {
+    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let end = gpa as usize + data.len();
+        if end > self.0.len() {
+            return false;
+        }
+        self.0[gpa as usize..end].copy_from_slice(data);
+        true
+    }
+}
+
 pub(crate) struct FakeHost;
 
 impl Host for FakeHost {
