@@ -398,8 +398,9 @@ pub mod msr {
     pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 }
 
-/// MSRs whose guest value lives in a VMCS guest-state field.
-fn vmcs_msr(index: u32) -> Option<VmcsField> {
+/// Which VMCS guest-state field holds the guest value of MSR `index`, if any: the exit
+/// reader fetches it into [`Exit::vmcs_msr_value`] so the handler stays read-only.
+pub fn vmcs_msr_field(index: u32) -> Option<VmcsField> {
     Some(match index {
         msr::IA32_SYSENTER_CS => VmcsField::GuestIa32SysenterCs,
         msr::IA32_SYSENTER_ESP => VmcsField::GuestIa32SysenterEsp,
@@ -422,12 +423,6 @@ fn swapped_msr(msrs: &mut crate::arena::SwappedMsrs, index: u32) -> Option<&mut 
         msr::IA32_TSC_AUX => &mut msrs.tsc_aux,
         _ => return None,
     })
-}
-
-/// Which VMCS field holds the guest value of MSR `index`, if any: the exit reader
-/// fetches it into [`Exit::vmcs_msr_value`] so the handler stays read-only.
-pub fn vmcs_msr_field(index: u32) -> Option<VmcsField> {
-    vmcs_msr(index)
 }
 
 /// Identification and feature MSRs that read as a constant and ignore writes: platform
@@ -453,7 +448,7 @@ fn rdmsr(exit: &Exit, vm: &VmRecord, host: &impl Host, mut e: Effect) -> Effect 
         // SWAPGS changes it without an exit: the exit reader fetched the live value.
         msr::IA32_KERNEL_GS_BASE => Some(exit.vmcs_msr_value),
         i if constant_msr(i).is_some() => constant_msr(i),
-        i if vmcs_msr(i).is_some() => Some(exit.vmcs_msr_value),
+        i if vmcs_msr_field(i).is_some() => Some(exit.vmcs_msr_value),
         i => swapped_msr(&mut msrs, i).map(|v| *v),
     };
     match value {
@@ -494,7 +489,7 @@ fn wrmsr(exit: &Exit, vm: &VmRecord, _host: &impl Host, mut e: Effect) -> Effect
             );
         }
         i => {
-            if let Some(field) = vmcs_msr(i) {
+            if let Some(field) = vmcs_msr_field(i) {
                 e.set_vmcs(field, value);
             } else {
                 let mut msrs = vm.vcpu.msrs;
@@ -649,4 +644,4 @@ fn cr_access(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -28,7 +28,6 @@ pub enum CreateError {
     NoModule(usize),
     TableFull,
     NoMemory { needed: u64, largest: u64 },
-    TooLarge,
     Elf(crate::loader::ElfError),
     Linux(linux::LinuxError),
     ArenaFull,
@@ -45,11 +44,6 @@ impl fmt::Display for CreateError {
                 "not enough free memory: needs {} in one piece, the largest free piece is {}",
                 format_size(*needed),
                 format_size(*largest)
-            ),
-            Self::TooLarge => write!(
-                f,
-                "ELF VMs may have at most {} of RAM (identity map limit)",
-                format_size(GUEST_MAX_PDS << 30)
             ),
             Self::Elf(e) => write!(f, "ELF: {e}"),
             Self::Linux(e) => write!(f, "kernel: {e}"),
@@ -140,9 +134,6 @@ impl Vms {
     ) -> Result<usize, CreateError> {
         if self.root.find_vm(&plan.name).is_some() {
             return Err(CreateError::Exists);
-        }
-        if plan.mem > GUEST_MAX_PDS << 30 {
-            return Err(CreateError::TooLarge);
         }
         let slot = self.root.free_slot().ok_or(CreateError::TableFull)?;
         let module = *self

@@ -40,6 +40,8 @@ pub(super) const GUEST_PD: u64 = 0x3000;
 /// Page directories that fit below the start-info page... and the 64 KiB limit.
 pub(super) const GUEST_MAX_PDS: u64 = (0x10000 - GUEST_PD) / PAGE;
 pub(super) const ELF_MIN_GPA: u64 = 1 << 20;
+// Every VM's RAM fits the identity map written below GUEST_PD (config enforces MAX_MEM).
+const _: () = assert!(config::MAX_MEM <= GUEST_MAX_PDS << 30);
 
 /// Everything the VM layer keeps outside the arena (transient: rebuilt at every boot).
 pub struct Vms {
@@ -69,6 +71,8 @@ pub struct Caps {
     pub xcr0: u64,
     /// Host TSC frequency in Hz (calibrated at boot): the clock of guest time.
     pub tsc_hz: u64,
+    /// Whether IA32_TSC_AUX exists (RDTSCP: CPUID.80000001h:EDX[27]).
+    pub tsc_aux: bool,
 }
 
 impl Caps {
@@ -107,6 +111,7 @@ impl Caps {
                 cr_fixed: m.cr_fixed,
                 xcr0,
                 tsc_hz,
+                tsc_aux: raw_cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0,
             },
             dropped,
         ))

@@ -48,7 +48,6 @@ impl Vms {
         // SAFETY: this VM's VMCS is current (switch_to / reset_guest) and fully set up; its
         // registers live in the arena record, which nothing else touches while it runs.
         let result = unsafe { vmentry::enter(&mut vm.vcpu.regs, vm.vcpu.launched != 0) };
-        let exited_at = rdtsc();
         match result {
             EntryResult::Exited => vm.vcpu.launched = 1,
             EntryResult::FailInvalid => vmx_failure("VM entry", vm, VmxError::VmFailInvalid),
@@ -109,7 +108,7 @@ impl Vms {
             Err(e) => vmx_failure("commit of a VM exit", vm, e),
         };
         if vm.vcpu.msrs != msrs_before {
-            load_swapped_msrs(&vm.vcpu.msrs);
+            load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         }
         let unclaimed = vm.stats.unclaimed_io;
         // Rate-limited: the first eight, then every power of two.
@@ -132,7 +131,6 @@ impl Vms {
         }
         // The whole step (entry, guest time, exit handling) is charged to the VM.
         vm.stats.guest_tsc += rdtsc().saturating_sub(now);
-        let _ = exited_at;
         self.apply(slot, outcome);
         true
     }
@@ -192,8 +190,7 @@ impl Vms {
             .iter_mut()
             .filter(|vm| vm.state() == Some(VmState::Waiting))
         {
-            let now_ns =
-                crate::arch::tsc::ticks_to_ns(now.saturating_sub(vm.clock_start), caps.tsc_hz);
+            let now_ns = guest_ns_at(vm, &caps, now);
             let due = vm.devices.pic.pending_vector().is_some()
                 || vm.devices.next_deadline().is_some_and(|d| d <= now_ns);
             if due {
@@ -222,7 +219,7 @@ impl Vms {
             vmx_failure("VMPTRLD", vm, e);
         }
         restore_fpu(vm, self.caps.xcr0);
-        load_swapped_msrs(&vm.vcpu.msrs);
+        load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         self.current = Some(next);
     }
 }
@@ -279,7 +276,7 @@ pub(super) fn acknowledge_external(info: u32) {
 }
 
 /// Loads the MSRs the VMCS does not switch (SDM Vol. 4, indices in `exits::msr`).
-pub(super) fn load_swapped_msrs(m: &arena::SwappedMsrs) {
+pub(super) fn load_swapped_msrs(m: &arena::SwappedMsrs, caps: &Caps) {
     use exits::msr::*;
     // SAFETY: these MSRs exist on every x86-64 CPU; the host never uses SYSCALL or SWAPGS,
     // so guest values in them cannot affect it.
@@ -289,8 +286,7 @@ pub(super) fn load_swapped_msrs(m: &arena::SwappedMsrs) {
         wrmsr(IA32_CSTAR, m.cstar);
         wrmsr(IA32_FMASK, m.sfmask);
         wrmsr(IA32_KERNEL_GS_BASE, m.kernel_gs_base);
-        // IA32_TSC_AUX exists only with RDTSCP (CPUID.80000001h:EDX[27]).
-        if raw_cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0 {
+        if caps.tsc_aux {
             wrmsr(IA32_TSC_AUX, m.tsc_aux);
         }
     }
@@ -331,7 +327,12 @@ pub(super) fn xsave_enabled() -> bool {
 
 /// Guest time: nanoseconds since the VM started, from the host TSC.
 pub(super) fn guest_ns(vm: &VmRecord, caps: &Caps) -> u64 {
-    crate::arch::tsc::ticks_to_ns(rdtsc().saturating_sub(vm.clock_start), caps.tsc_hz)
+    guest_ns_at(vm, caps, rdtsc())
+}
+
+/// Guest time at host TSC value `tsc`.
+pub(super) fn guest_ns_at(vm: &VmRecord, caps: &Caps, tsc: u64) -> u64 {
+    crate::arch::tsc::ticks_to_ns(tsc.saturating_sub(vm.clock_start), caps.tsc_hz)
 }
 
 /// Before a VM entry: fire due timers, then inject the PIC's pending interrupt if the
