@@ -9,6 +9,8 @@
 //! 2. Zero `.bss` and `.stacks` (everything after the pristine payload): GRUB zeroes
 //!    `.bss` of ELF images, but a recovery boot will not come through GRUB, so Lazarus
 //!    never relies on it. ESI keeps the MBI address (REP STOSB leaves it alone).
+//!    Then save `.data` as GRUB loaded it into `__data_stash` (in `.stacks`): the pristine
+//!    copy must hold `.data` before any Rust code has changed a static.
 //! 3. Take the boot stack (CPU 0's stack, in `.stacks`).
 //! 4. Check CPUID.80000001h:EDX.LM[bit 29]; a CPU without long mode gets a message.
 //! 5. Build the boot page tables: PML4[0] -> PDPT, PDPT[0..4] -> four page directories
@@ -53,6 +55,11 @@ boot_gdt_end:
 boot_gdt_pointer:
     .short boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+    /* The same for LGDT in 64-bit mode, which reads an 8-byte base. */
+    .balign 8
+boot_gdt_pointer64:
+    .short boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
 msg_not_multiboot2:
     .asciz "lazarus: not started by a Multiboot2 boot loader (use GRUB's multiboot2 command); halted\r\n"
 msg_no_long_mode:
@@ -72,6 +79,24 @@ boot_stack_bottom:
     .global boot_stack_top
 boot_stack_top:
 
+    /* The recovery stack: the failure path switches to it (the failing stack may be
+       corrupt) before it rewrites the image. */
+    .section .stacks.recovery, "aw", @nobits
+    .balign 4096
+    .global recovery_stack_bottom
+recovery_stack_bottom:
+    .skip 64 * 1024
+    .global recovery_stack_top
+recovery_stack_top:
+
+    /* The recovery anchor (recovery/src/anchor.rs): where the pristine copy and the arena
+       are. Written once at cold boot; a microreboot neither copies nor zeroes it. */
+    .section .stacks.anchor, "aw", @nobits
+    .balign 64
+    .global recovery_anchor
+recovery_anchor:
+    .skip 64
+
     .section .text.boot, "ax"
     .code32
     .global _start
@@ -88,6 +113,13 @@ _start:
     sub ecx, edi
     xor eax, eax
     rep stosb
+    mov edx, esi
+    mov esi, offset __data_start
+    mov edi, offset __data_stash
+    mov ecx, offset __pristine_end
+    sub ecx, esi
+    rep movsb
+    mov esi, edx
     /* 3. */
     mov esp, offset boot_stack_top
     /* 4. */
@@ -180,6 +212,32 @@ _start:
 .Lhalt64:
     cli
     hlt
+    jmp .Lhalt64
+
+    /* Recovery entry: the microreboot trampoline (recovery/src/failpath.rs) jumps here
+       after it has restored the image and zeroed .bss. Still long mode on the boot page
+       tables (in .stacks, untouched). Reload the boot GDT and segments (the dead
+       instance's GDT was in .bss), take the boot stack afresh and enter Rust. */
+    .global lazarus_recovery_start
+lazarus_recovery_start:
+    cli
+    cld
+    lgdt [boot_gdt_pointer64]
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    mov rsp, offset boot_stack_top
+    push 0x08
+    lea rax, [rip + .Lrecovery_cs]
+    push rax
+    retfq
+.Lrecovery_cs:
+    xor ebp, ebp
+    call lazarus_recovery_entry
     jmp .Lhalt64
 "#
 );

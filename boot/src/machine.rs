@@ -71,9 +71,42 @@ impl Machine for BootMachine {
         self.options.triggers
     }
 
-    fn fire(&mut self, trigger: Trigger) {
+    fn fire(&mut self, trigger: Trigger, vm: Option<&str>, out: &mut dyn Write) -> fmt::Result {
+        use hypervisor::triggers;
+        if triggers::arm(trigger) {
+            let when = if trigger == Trigger::VmcsHost {
+                "at the next VM entry"
+            } else {
+                "at the next VM exit"
+            };
+            return writeln!(out, "trigger: {} armed: fires {when}", trigger.name());
+        }
+        match (trigger, self.vms.as_mut()) {
+            (Trigger::RecoveryFail, Some(vms)) => vms.root_mut().recovery.fail_next_recovery = 1,
+            (Trigger::CorruptVm, Some(vms)) => {
+                if let Err(e) = vms.corrupt_for_test(vm.unwrap_or("")) {
+                    return writeln!(out, "error: trigger corrupt-vm: {e}");
+                }
+            }
+            (Trigger::RecoveryFail | Trigger::CorruptVm, None) => {
+                return writeln!(out, "error: trigger {}: VMX is not running", trigger.name())
+            }
+            _ => {}
+        }
         log::warn!("trigger: firing '{}'", trigger.name());
-        hypervisor::triggers::fire(trigger);
+        triggers::fire(trigger);
+        writeln!(
+            out,
+            "error: trigger {}: the failure did not happen",
+            trigger.name()
+        )
+    }
+
+    fn recovery(&self, out: &mut dyn Write) -> fmt::Result {
+        match &self.vms {
+            Some(vms) => vms.recoveries(out),
+            None => writeln!(out, "recovery: not armed (VMX is not running)"),
+        }
     }
 
     fn shutdown(&mut self) {

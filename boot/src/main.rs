@@ -32,11 +32,8 @@ static HEAP: LockedHeap = LockedHeap::empty();
 /// multiboot2 information.
 #[unsafe(no_mangle)]
 extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
-    serial::init();
-    logger::init(log::LevelFilter::Info);
-    gdt::load(0);
-    idt::load();
-    failure::install(recovery::on_failure);
+    let entered = instructions::rdtsc();
+    bring_up_cpu();
     info!("Lazarus {} cold boot", env!("CARGO_PKG_VERSION"));
 
     let boot = match read_boot_info(mbi) {
@@ -64,7 +61,17 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
     let power_off = find_power_off(&boot);
 
     report_memory_map(&boot);
-    let layout = match plan_memory(&boot, &options) {
+    let regions: heapless::Vec<(u64, u64, bool), { bootinfo::MAX_REGIONS }> = boot
+        .regions
+        .iter()
+        .map(|r| (r.base, r.len, r.kind == bootinfo::RegionKind::Usable))
+        .collect();
+    let modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> = boot
+        .modules
+        .iter()
+        .map(|m| memory::Range::new(m.start, m.end))
+        .collect();
+    let layout = match plan_memory(&regions, &modules, boot.mbi, &options) {
         Ok(layout) => layout,
         Err(e) => {
             error!("memory: {e}");
@@ -126,9 +133,26 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
     );
     pic::remap_and_mask();
     let mut layout = layout;
-    let vms = start_vms(&boot, &mut layout, caps);
+    let epoch = hypervisor::arch::cmos::epoch_seconds();
+    let epoch_tsc = instructions::rdtsc();
+    let mut vms = start_vms(&boot, &mut layout, caps, epoch);
+    if let Some(vms) = vms.as_mut() {
+        vms.root_mut().boot.save(&boot, tsc_hz, epoch, epoch_tsc);
+        vms.note_cold_boot(entered);
+        match recovery::take_pristine(layout.pristine, layout.arena) {
+            Ok(anchor) => info!(
+                "recovery: armed: pristine copy of {} at {:#x} (checksum {:#018x}), arena {} at {:#x}",
+                format_size(anchor.len),
+                anchor.payload,
+                anchor.sum,
+                format_size(anchor.arena_size),
+                anchor.arena_base
+            ),
+            Err(why) => error!("recovery: not armed: {why}"),
+        }
+    }
 
-    let mut machine = machine::BootMachine {
+    let machine = machine::BootMachine {
         layout,
         cpu,
         options,
@@ -136,6 +160,22 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         vms,
         attached: None,
     };
+    run(machine, "type 'help' for commands")
+}
+
+/// What both boots do first: the console, the GDT and IDT of CPU 0, and the failure hook,
+/// so that everything after them is reported (and recovered from) if it fails.
+fn bring_up_cpu() {
+    serial::init();
+    logger::init(log::LevelFilter::Info);
+    gdt::load(0);
+    idt::load();
+    failure::install(recovery::on_failure);
+}
+
+/// What both boots end in: the VMs run, and the console (unless `console=off`).
+fn run(mut machine: machine::BootMachine, greeting: &str) -> ! {
+    let options = machine.options;
     if !options.console_input {
         info!("ready: console input disabled (console=off); running the VMs");
         loop {
@@ -145,19 +185,113 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
             }
         }
     }
-    info!("ready: type 'help' for commands");
+    info!("ready: {greeting}");
     machine::run_console(&mut machine)
+}
+
+/// Entered from `lazarus_recovery_start` (boot/src/entry.rs) after the failure path
+/// restored the image from the pristine copy (DESIGN 6, "recovery boot"): the cold boot
+/// minus the multiboot2 parsing and the TSC measurement, both saved in the arena, then the
+/// repair passes, then the VMs run again. Nothing is printed until the first VM entry
+/// (`Vms::finish_recovery`), so the console does not delay the VMs.
+#[unsafe(no_mangle)]
+extern "C" fn lazarus_recovery_entry() -> ! {
+    bring_up_cpu();
+    let Some(root) = recovery::arena() else {
+        error!("recovery: the anchor or the arena header is damaged; halted");
+        instructions::halt_forever()
+    };
+    if !root.boot.is_intact() {
+        failure::print_report_text(root.recovery.report());
+        error!("halted: recovery impossible: the arena's boot record is damaged");
+        instructions::halt_forever()
+    }
+    let boot = &root.boot;
+    let parsed = cmdline::parse(boot.cmdline());
+    log::set_max_level(parsed.options.log_level);
+    let options = parsed.options;
+    let regions: heapless::Vec<(u64, u64, bool), { bootinfo::MAX_REGIONS }> =
+        boot.regions().collect();
+    let modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> =
+        boot.modules().map(|(range, _)| range).collect();
+    let mbi = (boot.mbi[0], boot.mbi[1]);
+    let power_off = boot
+        .rsdp()
+        .and_then(|(rsdt, xsdt)| power::method(rsdt, xsdt).ok());
+    let tsc_hz = boot.tsc_hz;
+    let epoch = boot.epoch_at(instructions::rdtsc());
+    let anchor_arena = (root.header.base, root.header.size);
+    let mut layout = match plan_memory(&regions, &modules, mbi, &options) {
+        Ok(layout) if (layout.arena.start, layout.arena.len()) == anchor_arena => layout,
+        _ => {
+            error!("halted: recovery impossible: the memory layout does not come out as at cold boot");
+            instructions::halt_forever()
+        }
+    };
+    // SAFETY: as at cold boot: the layout (recomputed identically) reserved `heap`.
+    unsafe {
+        HEAP.lock()
+            .init(layout.heap.start as *mut u8, layout.heap.len() as usize)
+    };
+    let cpu = cpu::probe();
+    let caps = match (&cpu.vmx, cpu.vmx_unavailable()) {
+        (Ok(vmx), None) => Caps::from_probe(&cpu, vmx, tsc_hz).ok().map(|(caps, _)| caps),
+        _ => None,
+    };
+    let Some(caps) = caps else {
+        error!("halted: recovery impossible: VT-x is no longer usable");
+        instructions::halt_forever()
+    };
+    pic::acknowledge_in_service();
+    pic::remap_and_mask();
+    let mut vms = match Vms::adopt(layout.arena, &mut layout.free, caps, &modules, epoch) {
+        Ok(vms) => vms,
+        Err(e) => failure::fail(&failure::Failure::Arena {
+            what: "recovery boot",
+            error: match e {
+                hypervisor::vm::machine::StartError::Arena(e) => e,
+                _ => hypervisor::arena::ArenaError::BadChecksum,
+            },
+        }),
+    };
+    vms.root_mut().recovery.current.t_boot = instructions::rdtsc();
+    let mut repairs = recovery::repair(&mut vms);
+    repairs.stopped += vms.adopt_ram(&mut layout.free);
+    let now = instructions::rdtsc();
+    let root = vms.root_mut();
+    root.header.generation += 1;
+    root.header.recovery_count += 1;
+    root.recovery.current.repairs = repairs;
+    root.recovery.current.t_passes = now;
+    if repairs.runnable > 0 {
+        root.recovery.pending_print = 1;
+    } else {
+        vms.finish_recovery(now);
+    }
+    let machine = machine::BootMachine {
+        layout,
+        cpu,
+        options,
+        power_off,
+        vms: Some(vms),
+        attached: None,
+    };
+    run(machine, "recovered; type 'help' for commands")
 }
 
 /// Turns VMX on, lays out the arena and creates a VM for every module that describes
 /// one. A module with a mistake gets one error line; the others still start.
-fn start_vms(boot: &BootInfo, layout: &mut memory::Layout, caps: Caps) -> Option<Vms> {
+fn start_vms(
+    boot: &BootInfo,
+    layout: &mut memory::Layout,
+    caps: Caps,
+    epoch: u64,
+) -> Option<Vms> {
     let modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> = boot
         .modules
         .iter()
         .map(|m| memory::Range::new(m.start, m.end))
         .collect();
-    let epoch = hypervisor::arch::cmos::epoch_seconds();
     let mut vms = match Vms::start(layout.arena, &mut layout.free, caps, &modules, epoch) {
         Ok(vms) => vms,
         Err(e) => {
@@ -220,26 +354,20 @@ fn report_memory_map(boot: &BootInfo) {
     }
 }
 
+/// The memory layout: a pure function of the memory map, the modules, the MBI and the
+/// options, so a recovery boot computes the same one from the arena's boot record.
 fn plan_memory(
-    boot: &BootInfo,
+    regions: &[(u64, u64, bool)],
+    modules: &[memory::Range],
+    mbi: (u64, u64),
     options: &cmdline::Options,
 ) -> Result<memory::Layout, memory::LayoutError> {
-    let mut regions: heapless::Vec<(u64, u64, bool), { bootinfo::MAX_REGIONS }> =
-        heapless::Vec::new();
-    for r in &boot.regions {
-        // Capacities match, so this cannot overflow.
-        let _ = regions.push((r.base, r.len, r.kind == bootinfo::RegionKind::Usable));
-    }
-    let mut modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> = heapless::Vec::new();
-    for m in &boot.modules {
-        let _ = modules.push(memory::Range::new(m.start, m.end));
-    }
     memory::plan(&LayoutRequest {
-        regions: &regions,
+        regions,
         image: image::whole(),
         pristine_payload: image::pristine_payload().len(),
-        modules: &modules,
-        boot_info: memory::Range::new(boot.mbi.0, boot.mbi.1),
+        modules,
+        boot_info: memory::Range::new(mbi.0, mbi.1),
         heap_size: options.heap_size,
         arena_size: options.arena_size,
     })

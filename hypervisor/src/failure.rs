@@ -6,7 +6,7 @@
 //! the dependency direction `boot -> recovery -> hypervisor`.
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::arch::idt::{exception_name, ExceptionFrame, RegisterDump};
 
@@ -23,6 +23,24 @@ pub enum Failure<'a> {
         vm: &'a str,
         error: crate::vmx::fields::VmxError,
     },
+    /// A check found the arena inconsistent.
+    Arena {
+        what: &'a str,
+        error: crate::arena::ArenaError,
+    },
+}
+
+impl Failure<'_> {
+    /// The cause as the arena's recovery record stores it, and the exception vector.
+    pub fn cause(&self) -> (crate::arena::Cause, u8) {
+        use crate::arena::Cause;
+        match self {
+            Failure::Panic(_) => (Cause::Panic, 0),
+            Failure::Exception { vector, .. } => (Cause::Exception, *vector),
+            Failure::Vmx { .. } => (Cause::Vmx, 0),
+            Failure::Arena { .. } => (Cause::Arena, 0),
+        }
+    }
 }
 
 /// The first line of the report: `hypervisor failure: ...` (documented in the README).
@@ -48,54 +66,88 @@ impl fmt::Display for Failure<'_> {
                 f,
                 "hypervisor failure: vmx: {what} failed for vm {vm}: {error}"
             ),
+            Failure::Arena { what, error } => {
+                write!(f, "hypervisor failure: arena check ({what}): {error}")
+            }
         }
     }
 }
 
-static HOOK: spin::Once<fn(&Failure) -> !> = spin::Once::new();
-static FAILING: AtomicBool = AtomicBool::new(false);
+/// What happens after a failure: `failure` and how deep in nested failures this one is
+/// (1 = the first; 2 = the failure path itself failed).
+pub type Hook = fn(&Failure, u32) -> !;
 
-/// Installs what happens after a failure is reported (boot: halt now, recovery later).
-pub fn install(hook: fn(&Failure) -> !) {
+static HOOK: spin::Once<Hook> = spin::Once::new();
+/// Failures entered and not yet recovered from (`.bss`: a microreboot resets it).
+static DEPTH: AtomicU32 = AtomicU32::new(0);
+/// Host TSC when the first of them was detected.
+static DETECTED: AtomicU64 = AtomicU64::new(0);
+
+/// Installs what happens after a failure is detected (boot: the microreboot).
+pub fn install(hook: Hook) {
     HOOK.call_once(|| hook);
 }
 
-/// Reports `failure` on the console and hands it to the installed hook.
+/// Host TSC when the failure being handled was detected.
+pub fn detected_at() -> u64 {
+    DETECTED.load(Ordering::SeqCst)
+}
+
+/// Hands `failure` to the installed hook, with interrupts masked. The hook writes the
+/// report (or prints it with [`print_report`] when it cannot recover).
 ///
-/// A second failure while the first is being handled (the report itself faulted) stops
-/// the CPU at once rather than looping.
+/// A failure inside the failure path reaches the hook again with a higher depth, and
+/// the hook takes a shorter path; without a hook the report is printed and the CPU halts.
 pub fn fail(failure: &Failure) -> ! {
-    if FAILING.swap(true, Ordering::SeqCst) {
-        crate::arch::serial::write_str(
-            "\n[lazarus] ERROR hypervisor failure while handling a failure; halted\n",
-        );
-        crate::arch::instructions::halt_forever();
-    }
+    let now = crate::arch::instructions::rdtsc();
     crate::arch::instructions::disable_interrupts();
-    // SAFETY: interrupts are masked and Lazarus runs one CPU so far: whoever held the
-    // console lock is the code that just failed, and it will not run again.
+    let depth = DEPTH.fetch_add(1, Ordering::SeqCst) + 1;
+    if depth == 1 {
+        DETECTED.store(now, Ordering::SeqCst);
+    }
+    // SAFETY: interrupts are masked and Lazarus runs one CPU: whoever held the console
+    // lock is the code that just failed, and it will not run again.
     unsafe { crate::arch::serial::force_unlock() };
-    report(failure);
     match HOOK.get() {
-        Some(hook) => hook(failure),
-        None => crate::arch::instructions::halt_forever(),
+        Some(hook) => hook(failure, depth),
+        None => {
+            print_report(failure);
+            crate::arch::instructions::halt_forever()
+        }
     }
 }
 
-fn report(failure: &Failure) {
-    log::error!("{failure}");
+/// The report of `failure`: the `hypervisor failure` line, then for an exception the
+/// six register rows (each line ends with '\n'; documented in the README).
+pub fn write_report(failure: &Failure, out: &mut impl fmt::Write) -> fmt::Result {
+    writeln!(out, "{failure}")?;
     if let Failure::Exception { frame, .. } = failure {
         let dump = RegisterDump {
             frame,
             control: crate::arch::instructions::control_registers(),
         };
-        // One log line per dump row, so every row carries the hypervisor prefix.
         let mut text: heapless::String<1024> = heapless::String::new();
         let _ = fmt::write(&mut text, format_args!("{dump}"));
         for row in text.lines() {
-            log::error!("  {row}");
+            writeln!(out, "  {row}")?;
         }
     }
+    Ok(())
+}
+
+/// Prints a report (from [`write_report`]) as error lines, one per report line, so every
+/// line carries the hypervisor prefix.
+pub fn print_report_text(text: &str) {
+    for line in text.lines() {
+        log::error!("{line}");
+    }
+}
+
+/// Prints the report of `failure` on the console.
+pub fn print_report(failure: &Failure) {
+    let mut text: heapless::String<2048> = heapless::String::new();
+    let _ = write_report(failure, &mut text);
+    print_report_text(&text);
 }
 
 /// Entry from the exception stubs. An NMI is noted and returns (nothing sends NMIs yet;

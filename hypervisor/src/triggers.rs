@@ -2,6 +2,7 @@
 //! make the hypervisor fail on purpose. Off unless the command line says `triggers=on`.
 
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// One way to make the hypervisor fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,16 +19,32 @@ pub enum Trigger {
     DivideError,
     /// INT3: #BP.
     Breakpoint,
+    /// Corrupts a host-state field (CR4 without VMXE) of the VMCS about to be entered:
+    /// the VM entry fails (armed; fires at the next VM entry).
+    VmcsHost,
+    /// A panic in the middle of handling a VM exit, after the handler computed its
+    /// effect and before the commit (armed; fires at the next VM exit).
+    MidExit,
+    /// A panic now, and another in the middle of the recovery it starts (after the first
+    /// repair passes): recovery itself fails once and is retried.
+    RecoveryFail,
+    /// Makes the named VM's arena record inconsistent (its configuration checksum), then
+    /// panics: recovery must stop that VM and only that one.
+    CorruptVm,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 6] = [
+    pub const ALL: [Trigger; 10] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
         Trigger::InvalidOpcode,
         Trigger::DivideError,
         Trigger::Breakpoint,
+        Trigger::VmcsHost,
+        Trigger::MidExit,
+        Trigger::RecoveryFail,
+        Trigger::CorruptVm,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -39,12 +56,53 @@ impl Trigger {
             Trigger::InvalidOpcode => "ud",
             Trigger::DivideError => "de",
             Trigger::Breakpoint => "bp",
+            Trigger::VmcsHost => "vmcs-host",
+            Trigger::MidExit => "mid-exit",
+            Trigger::RecoveryFail => "recovery-fail",
+            Trigger::CorruptVm => "corrupt-vm",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.name() == name)
     }
+
+    /// Whether the trigger takes a VM name (`trigger corrupt-vm NAME`).
+    pub fn needs_vm(self) -> bool {
+        self == Trigger::CorruptVm
+    }
+
+    /// The number a test guest passes to the `trigger` hypercall (its index in [`ALL`]).
+    ///
+    /// [`ALL`]: Trigger::ALL
+    pub fn from_number(n: u64) -> Option<Self> {
+        Self::ALL.get(usize::try_from(n).ok()?).copied()
+    }
+}
+
+/// Triggers armed for a later point of the run loop. In `.bss`: a microreboot disarms
+/// them, so each fires once.
+static ARMED_VMCS_HOST: AtomicBool = AtomicBool::new(false);
+static ARMED_MID_EXIT: AtomicBool = AtomicBool::new(false);
+
+/// Arms `vmcs-host` or `mid-exit`; false for a trigger that is not armed but fired.
+pub fn arm(trigger: Trigger) -> bool {
+    match trigger {
+        Trigger::VmcsHost => ARMED_VMCS_HOST.store(true, Ordering::SeqCst),
+        Trigger::MidExit => ARMED_MID_EXIT.store(true, Ordering::SeqCst),
+        _ => return false,
+    }
+    true
+}
+
+/// Whether `vmcs-host` is armed; disarms it.
+pub fn take_vmcs_host() -> bool {
+    ARMED_VMCS_HOST.swap(false, Ordering::SeqCst)
+}
+
+/// Whether `mid-exit` is armed; disarms it.
+pub fn take_mid_exit() -> bool {
+    ARMED_MID_EXIT.swap(false, Ordering::SeqCst)
 }
 
 /// Lists the trigger names, separated by spaces.
@@ -87,6 +145,12 @@ pub fn fire(trigger: Trigger) {
             asm!("xor edx, edx", "xor eax, eax", "div ecx", in("ecx") 0u32, out("eax") _, out("edx") _, options(nomem, nostack))
         },
         Trigger::Breakpoint => unsafe { asm!("int3", options(nomem, nostack)) },
+        Trigger::RecoveryFail | Trigger::CorruptVm => {
+            panic!("trigger: deliberate panic ({})", trigger.name())
+        }
+        Trigger::VmcsHost | Trigger::MidExit => {
+            arm(trigger);
+        }
     }
 }
 
@@ -100,6 +164,13 @@ mod tests {
             assert_eq!(Trigger::from_name(t.name()), Some(t));
         }
         assert_eq!(Trigger::from_name("nope"), None);
-        assert_eq!(std::format!("{Names}"), "panic pf gp ud de bp");
+        assert_eq!(
+            std::format!("{Names}"),
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm"
+        );
+        assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
+        assert_eq!(Trigger::from_number(99), None);
+        assert!(arm(Trigger::MidExit) && take_mid_exit() && !take_mid_exit());
+        assert!(!arm(Trigger::Panic));
     }
 }

@@ -1,15 +1,115 @@
-//! Recovery: what happens after the hypervisor has failed.
+//! Recovery: what happens after the hypervisor has failed (DESIGN 6).
 //!
-//! The microreboot (pristine copy, arena validation, repair passes; DESIGN 6) is built
-//! here. Until it exists, a failure is reported and the CPU halts: the report (the
-//! `hypervisor failure` line and register dump) is printed by `hypervisor::failure`
-//! before this hook runs, and this hook says plainly that nothing was recovered.
+//! - [`anchor`]: where a dying instance finds the pristine copy and the arena.
+//! - `failpath` (bare metal only): the failure path in the dying instance, ending in the
+//!   trampoline that restores the image from the pristine copy and enters the recovery
+//!   boot; and the cold-boot step that takes the pristine copy.
+//! - [`passes`]: the repair passes, each a small function with its own unit tests.
+//! - [`repair`] (bare metal only): the passes in order, with the machine steps between them.
+//!
+//! The recovery boot itself (hardware back up, layout rebuilt from the arena's boot
+//! record) is in `boot`, beside the cold boot it mirrors.
 #![cfg_attr(not(test), no_std)]
 
-use hypervisor::failure::Failure;
+pub mod anchor;
+#[cfg(target_os = "none")]
+mod failpath;
+pub mod passes;
 
-/// The failure hook `boot` installs. Never returns.
-pub fn on_failure(_failure: &Failure) -> ! {
-    log::error!("halted: recovery is not implemented yet");
-    hypervisor::arch::instructions::halt_forever()
+#[cfg(target_os = "none")]
+pub use failpath::{arena, on_failure, take_pristine};
+
+#[cfg(target_os = "none")]
+pub use machine::repair;
+
+#[cfg(target_os = "none")]
+mod machine {
+    use hypervisor::arena::recovery::MAX_ATTEMPTS;
+    use hypervisor::arena::{Repairs, MAX_VMS};
+    use hypervisor::arch::vmx::CurrentVmcs;
+    use hypervisor::failure::{self, Failure};
+    use hypervisor::vm::machine::{host_state, Vms};
+
+    use crate::passes;
+
+    /// Runs the repair passes of DESIGN 6 over the adopted arena, in order. A VM whose
+    /// state fails a check is stopped (and counted); a failure of the machine itself
+    /// (INVEPT) is a hypervisor failure, which retries the recovery.
+    pub fn repair(vms: &mut Vms) -> Repairs {
+        let mut r = Repairs::default();
+        let root = vms.root_mut();
+        let attempts = root.recovery.current.attempts;
+        r.locks = passes::release_locks(root);
+        let rolled = passes::roll_back_exits(root);
+        r.rolled_back = rolled.rolled_back;
+        r.stopped += rolled.stopped;
+        if attempts >= MAX_ATTEMPTS {
+            let slot = root.recovery.inflight_slot;
+            r.stopped += passes::stop_inflight(root, slot, attempts - 1);
+        }
+        r.stopped += passes::check_vms(root);
+        r.devices += passes::check_consoles(root);
+        if root.recovery.fail_next_recovery != 0 {
+            root.recovery.fail_next_recovery = 0;
+            panic!("trigger: deliberate panic during recovery, after the first repair passes");
+        }
+        vms.reset_scheduler();
+        for slot in resumable_slots(vms) {
+            match vms.verify_ept(slot) {
+                Ok(()) => r.ept_verified += 1,
+                Err(e) if vms.rebuild_ept(slot) => {
+                    log::warn!("recovery: vm slot {slot}: EPT rebuilt ({e})");
+                    r.ept_rebuilt += 1;
+                }
+                Err(e) => {
+                    let vm = &mut vms.root_mut().vms[slot];
+                    passes::stop(vm, format_args!("EPT corrupt ({e}) and no room to rebuild it"));
+                    r.stopped += 1;
+                }
+            }
+        }
+        if let Err(error) = vms.invalidate_translations() {
+            failure::fail(&Failure::Vmx {
+                what: "INVEPT/INVVPID during recovery",
+                vm: "-",
+                error,
+            });
+        }
+        let host = host_state();
+        let cr_fixed = vms.caps().cr_fixed;
+        for slot in resumable_slots(vms) {
+            let controls = vms.controls_of(slot);
+            let rolled_back = rolled.rolled_back_slots & (1 << slot) != 0;
+            let result = vms.load_vmcs(slot).map_err(passes::BadGuest::Vmcs).and_then(|()| {
+                passes::rewrite_vmcs(&mut CurrentVmcs, &controls, &host)?;
+                let vm = &vms.root().vms[slot];
+                passes::check_guest_state(&CurrentVmcs, vm, rolled_back, cr_fixed)?;
+                Ok(if rolled_back {
+                    passes::redeliver(&mut CurrentVmcs)?
+                } else {
+                    0
+                })
+            });
+            match result {
+                Ok(redelivered) => {
+                    r.vmcs += 1;
+                    r.interrupts += redelivered;
+                }
+                Err(bad) => {
+                    let vm = &mut vms.root_mut().vms[slot];
+                    passes::stop(vm, format_args!("{bad}"));
+                    r.stopped += 1;
+                }
+            }
+        }
+        r.timers = vms.catch_up_timers();
+        r.runnable = passes::rederive_scheduler(vms.root());
+        r
+    }
+
+    fn resumable_slots(vms: &Vms) -> heapless::Vec<usize, MAX_VMS> {
+        (0..MAX_VMS)
+            .filter(|&slot| passes::resumable(&vms.root().vms[slot]))
+            .collect()
+    }
 }

@@ -34,6 +34,36 @@ pub fn remap_and_mask() {
     }
 }
 
+/// Ends every interrupt the PICs hold in service: a dead instance may have acknowledged
+/// one (a VM exit) and failed before its EOI, which would block that line and all lower
+/// priority ones for good. Reads the ISR (OCW3 0x0b) and sends non-specific EOIs until
+/// it is clear; returns how many EOIs were needed.
+pub fn acknowledge_in_service() -> u32 {
+    let mut eois = 0;
+    for (cmd, cascade) in [(PIC2_CMD, true), (PIC1_CMD, false)] {
+        for _ in 0..8 {
+            // SAFETY: OCW3 selects the ISR for the next read of the command port; a
+            // non-specific EOI clears the highest-priority in-service bit (8259A datasheet).
+            let isr = unsafe {
+                outb(cmd, 0x0b);
+                super::instructions::inb(cmd)
+            };
+            if isr == 0 {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { outb(cmd, 0x20) };
+            eois += 1;
+        }
+        if cascade && eois > 0 {
+            // The slave's interrupt is in service at the master's cascade input too.
+            // SAFETY: as above.
+            unsafe { outb(PIC1_CMD, 0x20) };
+        }
+    }
+    eois
+}
+
 /// Ends the interrupt `vector` that a VM exit acknowledged.
 pub fn end_of_interrupt(vector: u8) {
     // SAFETY: EOI commands to the controller that delivered `vector`: the PICs for their

@@ -4,6 +4,7 @@
 //! the reason in the VM-instruction error field (SDM Vol. 3C §31.2).
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::vmx::controls::{
     IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1, IA32_VMX_CR4_FIXED0, IA32_VMX_CR4_FIXED1,
@@ -76,7 +77,39 @@ pub unsafe fn vmxon(region: u64, revision: u32) -> Result<(), VmxError> {
         asm!("vmxon [{r}]", "setc {cf}", "setz {zf}", r = in(reg) &region,
              cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack));
     }
-    check(cf, zf)
+    check(cf, zf)?;
+    VMX_ON.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Whether this CPU is in VMX operation (a VMXON succeeded and no VMXOFF followed): the
+/// failure path must not execute VMPTRST, VMCLEAR or VMXOFF otherwise (they would #UD).
+static VMX_ON: AtomicBool = AtomicBool::new(false);
+
+pub fn is_on() -> bool {
+    VMX_ON.load(Ordering::SeqCst)
+}
+
+/// The failure path's VMX shutdown (DESIGN 6, step 3): VMCLEAR the current VMCS (named by
+/// VMPTRST) and every page in `vmcs_pages`, so their contents reach memory for the next
+/// instance, then VMXOFF. Errors are ignored: a page that is not a VMCS makes VMCLEAR
+/// fail harmlessly, and nothing better can be done in a dying instance.
+pub fn teardown(vmcs_pages: impl Iterator<Item = u64>) {
+    if !is_on() {
+        return;
+    }
+    let current = vmptrst();
+    // SAFETY: VMCLEAR of the current VMCS and of the VMs' VMCS pages (arena pages that
+    // hold nothing else); VMXOFF afterwards, and the dying instance uses no VMCS again.
+    unsafe {
+        if current != u64::MAX {
+            let _ = vmclear(current);
+        }
+        for page in vmcs_pages {
+            let _ = vmclear(page);
+        }
+        let _ = vmxoff();
+    }
 }
 
 /// VMXOFF.
@@ -89,6 +122,7 @@ pub unsafe fn vmxoff() -> Result<(), VmxError> {
     unsafe {
         asm!("vmxoff", "setc {cf}", "setz {zf}", cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack))
     };
+    VMX_ON.store(false, Ordering::SeqCst);
     check(cf, zf)
 }
 
@@ -138,6 +172,37 @@ pub unsafe fn invept_single(eptp: u64) -> Result<(), VmxError> {
     // SAFETY: INVEPT reads the 128-bit descriptor; it only drops cached translations.
     unsafe {
         asm!("invept {t}, [{d}]", "setc {cf}", "setz {zf}", t = in(reg) 1u64, d = in(reg) &descriptor,
+             cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack));
+    }
+    check(cf, zf)
+}
+
+/// INVEPT all-context (type 2): drops every EPT-derived translation on this CPU. A
+/// recovery boot does this once after it has verified or rebuilt the VMs' EPTs.
+///
+/// # Safety
+/// Only invalidates cached translations; the caller must be in VMX operation.
+pub unsafe fn invept_all() -> Result<(), VmxError> {
+    let descriptor: [u64; 2] = [0, 0];
+    let (cf, zf): (u8, u8);
+    // SAFETY: as for invept_single.
+    unsafe {
+        asm!("invept {t}, [{d}]", "setc {cf}", "setz {zf}", t = in(reg) 2u64, d = in(reg) &descriptor,
+             cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack));
+    }
+    check(cf, zf)
+}
+
+/// INVVPID all-context (type 2): drops the linear translations of every VPID.
+///
+/// # Safety
+/// As for [`invept_all`].
+pub unsafe fn invvpid_all() -> Result<(), VmxError> {
+    let descriptor: [u64; 2] = [0, 0];
+    let (cf, zf): (u8, u8);
+    // SAFETY: as for invept_single.
+    unsafe {
+        asm!("invvpid {t}, [{d}]", "setc {cf}", "setz {zf}", t = in(reg) 2u64, d = in(reg) &descriptor,
              cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack));
     }
     check(cf, zf)

@@ -13,12 +13,16 @@
 //! the remaining pages are handed out one at a time by the bitmap for VMCS pages, XSAVE
 //! areas and EPT tables.
 
+pub mod boot;
 pub mod lock;
 pub mod pages;
+pub mod recovery;
 
 use core::fmt;
 
+pub use boot::BootRecord;
 pub use lock::ArenaLock;
+pub use recovery::{Cause, RecoveryRecord, RecoveryState, Repairs};
 pub use pages::{PageBitmap, PageError, MAX_PAGES};
 
 use crate::devices::Devices;
@@ -28,7 +32,7 @@ use crate::vmx::fields::GuestRegisters;
 /// "LZARENA1".
 pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"LZARENA1");
 /// Bumped whenever any `#[repr(C)]` type in the arena changes shape.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// How many VMs the table holds.
 pub const MAX_VMS: usize = 16;
 /// Longest VM name (bytes, ASCII).
@@ -171,6 +175,9 @@ pub enum Phase {
     Handling = 1,
     /// The exit's effect is committed; the next step is VM entry.
     Committed = 2,
+    /// The commit is being applied: a failure now leaves the exit half done, so it can
+    /// neither be rolled back nor re-executed (recovery stops the VM).
+    Committing = 3,
 }
 
 impl Phase {
@@ -179,6 +186,7 @@ impl Phase {
             0 => Self::InGuest,
             1 => Self::Handling,
             2 => Self::Committed,
+            3 => Self::Committing,
             _ => return None,
         })
     }
@@ -462,6 +470,16 @@ pub struct ArenaRoot {
     /// The I/O bitmaps A and B and the MSR bitmap shared by every VMCS (arena pages).
     pub io_bitmaps: [u64; 2],
     pub msr_bitmap: u64,
+    /// 1 + the slot of the VM entered last (its exit may be in flight), 0 when none.
+    pub running: u32,
+    /// 1 + the slot of the VM whose FPU/SSE/AVX state and swapped MSRs are live in the
+    /// CPU's registers (not in its record), 0 when none. They survive a microreboot (the
+    /// host never uses them), so recovery saves them from the registers.
+    pub fpu_owner: u32,
+    /// The boot configuration a recovery boot starts from.
+    pub boot: BootRecord,
+    /// The recovery in progress and the recovery log.
+    pub recovery: RecoveryState,
 }
 
 /// Why the arena cannot be trusted.
@@ -604,6 +622,12 @@ impl ArenaRoot {
         self.next_vm_id = 1;
         self.io_bitmaps = [0; 2];
         self.msr_bitmap = 0;
+        self.running = 0;
+        self.fpu_owner = 0;
+        self.recovery.in_progress = 0;
+        self.recovery.inflight_slot = recovery::NO_SLOT;
+        self.recovery.completed = 0;
+        self.recovery.fail_next_recovery = 0;
         Ok(())
     }
 
@@ -644,6 +668,19 @@ impl ArenaRoot {
 
     /// Checks everything that can be checked without touching guest memory.
     pub fn validate(&self, base: u64, size: u64) -> Result<(), ArenaError> {
+        self.validate_header(base, size)?;
+        for slot in 0..MAX_VMS {
+            self.validate_vm(slot)?;
+        }
+        match self.conflicts().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// What the whole arena depends on: header, page bitmap, shared bitmaps. If this
+    /// fails, nothing in the arena can be trusted.
+    pub fn validate_header(&self, base: u64, size: u64) -> Result<(), ArenaError> {
         let h = &self.header;
         if h.magic != ARENA_MAGIC {
             return Err(ArenaError::BadMagic(h.magic));
@@ -684,65 +721,75 @@ impl ArenaRoot {
                 });
             }
         }
-        let arena = (base, base + size);
-        for (slot, vm) in self.vms.iter().enumerate() {
-            let state = vm.state().ok_or(ArenaError::BadVmState {
-                slot,
-                raw: vm.state,
-            })?;
-            if state == VmState::Free {
-                continue;
-            }
-            if !valid_name(vm.name()) {
-                return Err(ArenaError::BadVmName { slot });
-            }
-            if vm.config_checksum != vm.compute_config_checksum() {
-                return Err(ArenaError::BadVmConfig { slot });
-            }
-            Phase::from_raw(vm.vcpu.journal.phase).ok_or(ArenaError::BadJournal { slot })?;
-            vm.devices.validate().map_err(|e| ArenaError::BadDevice {
-                slot,
-                device: e.device,
-                what: e.what,
-            })?;
-            let ram = (
-                vm.config.ram_start,
-                vm.config.ram_start.wrapping_add(vm.config.ram_size),
-            );
-            if vm.config.ram_size == 0
-                || ram.1 <= ram.0
-                || ram.0 % PAGE != 0
-                || overlaps(ram, arena)
-            {
-                return Err(ArenaError::RamOutOfBounds { slot });
-            }
-            for (what, addr) in [
-                ("VMCS", vm.vcpu.vmcs),
-                ("XSAVE area", vm.vcpu.xsave),
-                ("EPT root", vm.ept_root),
-            ] {
-                if !self.owns_page(addr) {
-                    return Err(ArenaError::PageNotOwned { slot, what, addr });
-                }
-            }
-            for (other, o) in self.vms.iter().enumerate().skip(slot + 1) {
-                if o.state == VmState::Free as u32 {
-                    continue;
-                }
-                let oram = (
-                    o.config.ram_start,
-                    o.config.ram_start.wrapping_add(o.config.ram_size),
-                );
-                if overlaps(ram, oram) {
-                    return Err(ArenaError::RamOverlap { a: slot, b: other });
-                }
-                if o.name() == vm.name() {
-                    return Err(ArenaError::DuplicateName { a: slot, b: other });
-                }
+        Ok(())
+    }
+
+    /// One VM record on its own: state, name, configuration checksum, journal, device
+    /// models, RAM range, and that its VMCS, XSAVE and EPT pages are allocated arena
+    /// pages. A failure concerns this VM only.
+    pub fn validate_vm(&self, slot: usize) -> Result<(), ArenaError> {
+        let vm = &self.vms[slot];
+        let state = vm.state().ok_or(ArenaError::BadVmState {
+            slot,
+            raw: vm.state,
+        })?;
+        if state == VmState::Free {
+            return Ok(());
+        }
+        if !valid_name(vm.name()) {
+            return Err(ArenaError::BadVmName { slot });
+        }
+        if vm.config_checksum != vm.compute_config_checksum() {
+            return Err(ArenaError::BadVmConfig { slot });
+        }
+        Phase::from_raw(vm.vcpu.journal.phase).ok_or(ArenaError::BadJournal { slot })?;
+        vm.devices.validate().map_err(|e| ArenaError::BadDevice {
+            slot,
+            device: e.device,
+            what: e.what,
+        })?;
+        let arena = (self.header.base, self.header.base + self.header.size);
+        let ram = vm_ram(vm);
+        if vm.config.ram_size == 0 || ram.1 <= ram.0 || ram.0 % PAGE != 0 || overlaps(ram, arena)
+        {
+            return Err(ArenaError::RamOutOfBounds { slot });
+        }
+        for (what, addr) in [
+            ("VMCS", vm.vcpu.vmcs),
+            ("XSAVE area", vm.vcpu.xsave),
+            ("EPT root", vm.ept_root),
+        ] {
+            if !self.owns_page(addr) {
+                return Err(ArenaError::PageNotOwned { slot, what, addr });
             }
         }
         Ok(())
     }
+
+    /// Pairs of live VMs that conflict (overlapping RAM, same name): the later slot of
+    /// each pair is named `b`.
+    pub fn conflicts(&self) -> impl Iterator<Item = ArenaError> + '_ {
+        let live = |i: usize| self.vms[i].state != VmState::Free as u32;
+        (0..MAX_VMS).filter(move |&a| live(a)).flat_map(move |a| {
+            (a + 1..MAX_VMS).filter(move |&b| live(b)).filter_map(move |b| {
+                let (va, vb) = (&self.vms[a], &self.vms[b]);
+                if overlaps(vm_ram(va), vm_ram(vb)) {
+                    Some(ArenaError::RamOverlap { a, b })
+                } else if va.name() == vb.name() {
+                    Some(ArenaError::DuplicateName { a, b })
+                } else {
+                    None
+                }
+            })
+        })
+    }
+}
+
+fn vm_ram(vm: &VmRecord) -> (u64, u64) {
+    (
+        vm.config.ram_start,
+        vm.config.ram_start.wrapping_add(vm.config.ram_size),
+    )
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
@@ -751,7 +798,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 
 /// 64-bit FNV-1a: small, dependency-free, good enough to catch corruption (not an
 /// adversary).
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Fnv {
     fn new() -> Self {

@@ -18,7 +18,10 @@ pub enum Command<'a> {
     /// `log` shows the level, `log LEVEL` sets it.
     Log(Option<log::LevelFilter>),
     Shutdown,
-    Trigger(Trigger),
+    /// `trigger KIND [VM]`.
+    Trigger(Trigger, Option<&'a str>),
+    /// `recovery`: the recoveries so far.
+    Recovery,
     VmList,
     VmStats(&'a str),
     VmStop(&'a str),
@@ -83,7 +86,9 @@ commands:
   mem             physical memory by class (image, pristine, arena, heap, free)
   cpu             processor identity and VT-x capabilities
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
-  trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud de bp
+  trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud
+                  de bp vmcs-host mid-exit recovery-fail; trigger corrupt-vm NAME
+  recovery        the recoveries so far: one `recovery` line each
   vm list         every VM: state, exits, CPU share, memory
   vm stats NAME   a VM's counters and its exits by reason
   vm stop NAME    stop a VM for good
@@ -112,6 +117,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
         "mem" => no_args("mem", Command::Mem),
         "cpu" => no_args("cpu", Command::Cpu),
         "shutdown" => no_args("shutdown", Command::Shutdown),
+        "recovery" => no_args("recovery", Command::Recovery),
         "log" => match arg {
             None => Ok(Some(Command::Log(None))),
             Some(level) => parse_level(level)
@@ -121,11 +127,25 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
         "trigger" => match arg {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
-                expected: "one of: panic pf gp ud de bp",
+                expected: "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm",
             }),
-            Some(kind) => Trigger::from_name(kind)
-                .map(|t| Some(Command::Trigger(t)))
-                .ok_or(ShellError::UnknownTrigger(kind)),
+            Some(kind) => match Trigger::from_name(kind) {
+                Some(t) if t.needs_vm() => {
+                    let vm = extra.ok_or(ShellError::MissingArgument {
+                        command: "trigger corrupt-vm",
+                        expected: "a VM name",
+                    })?;
+                    if let Some(argument) = words.next() {
+                        return Err(ShellError::UnexpectedArgument {
+                            command: "trigger",
+                            argument,
+                        });
+                    }
+                    return Ok(Some(Command::Trigger(t, Some(vm))));
+                }
+                Some(t) => Ok(Some(Command::Trigger(t, None))),
+                None => Err(ShellError::UnknownTrigger(kind)),
+            },
         },
         "vm" => {
             let name = |command: &'static str| {
@@ -171,7 +191,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
     if let (Some(argument), Some(c)) = (extra, cmd) {
         let command = match c {
             Command::Log(_) => "log",
-            Command::Trigger(_) => "trigger",
+            Command::Trigger(..) => "trigger",
             _ => "command",
         };
         return Err(ShellError::UnexpectedArgument { command, argument });
@@ -187,8 +207,11 @@ pub trait Machine {
     fn cpu(&self, out: &mut dyn Write) -> fmt::Result;
     /// Whether `triggers=on` was given on the command line.
     fn triggers_enabled(&self) -> bool;
-    /// Makes the failure happen (does not return on real hardware).
-    fn fire(&mut self, trigger: Trigger);
+    /// Makes the failure happen (does not return on real hardware), or arms it; writes
+    /// what happened when it returns.
+    fn fire(&mut self, trigger: Trigger, vm: Option<&str>, out: &mut dyn Write) -> fmt::Result;
+    /// `recovery`: one line per recorded recovery.
+    fn recovery(&self, out: &mut dyn Write) -> fmt::Result;
     /// Powers off (does not return on real hardware).
     fn shutdown(&mut self);
     /// `vm list`, `vm stats NAME`, `vm stop NAME`.
@@ -211,21 +234,17 @@ pub fn execute(cmd: Command<'_>, machine: &mut dyn Machine, out: &mut dyn Write)
             log::set_max_level(level);
             writeln!(out, "log level: {}", level_name(level))
         }
-        Command::Trigger(t) if !machine.triggers_enabled() => {
+        Command::Recovery => machine.recovery(out),
+        Command::Trigger(t, _) if !machine.triggers_enabled() => {
             writeln!(
                 out,
                 "error: trigger {}: triggers are disabled (boot with triggers=on)",
                 t.name()
             )
         }
-        Command::Trigger(t) => {
+        Command::Trigger(t, vm) => {
             writeln!(out, "trigger: {}", t.name())?;
-            machine.fire(t);
-            writeln!(
-                out,
-                "error: trigger {}: the failure did not happen",
-                t.name()
-            )
+            machine.fire(t, vm, out)
         }
         Command::Shutdown => {
             machine.shutdown();
@@ -263,8 +282,12 @@ mod tests {
         fn triggers_enabled(&self) -> bool {
             self.triggers
         }
-        fn fire(&mut self, t: Trigger) {
+        fn fire(&mut self, t: Trigger, _vm: Option<&str>, out: &mut dyn Write) -> fmt::Result {
             self.fired = Some(t);
+            writeln!(out, "error: trigger {}: the failure did not happen", t.name())
+        }
+        fn recovery(&self, out: &mut dyn Write) -> fmt::Result {
+            writeln!(out, "recovery: 0 recoveries")
         }
         fn shutdown(&mut self) {
             self.shut_down = true;
@@ -312,7 +335,7 @@ mod tests {
         );
         assert_eq!(
             parse("trigger ud"),
-            Ok(Some(Command::Trigger(Trigger::InvalidOpcode)))
+            Ok(Some(Command::Trigger(Trigger::InvalidOpcode, None)))
         );
         assert_eq!(parse("shutdown"), Ok(Some(Command::Shutdown)));
     }
@@ -338,11 +361,11 @@ mod tests {
         );
         assert_eq!(
             run("trigger", &mut m),
-            "error: trigger: missing argument (one of: panic pf gp ud de bp)\n"
+            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm)\n"
         );
         assert_eq!(
             run("trigger boom", &mut m),
-            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp)\n"
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm)\n"
         );
     }
 
@@ -399,5 +422,18 @@ mod tests {
         assert!(m.shut_down);
         assert_eq!(run("log warn", &mut m), "log level: warn\n");
         assert_eq!(run("log", &mut m), "log level: warn\n");
+    }
+
+    #[test]
+    fn trigger_corrupt_vm_takes_a_name_and_recovery_takes_nothing() {
+        assert_eq!(
+            parse("trigger corrupt-vm db"),
+            Ok(Some(Command::Trigger(Trigger::CorruptVm, Some("db"))))
+        );
+        assert!(parse("trigger corrupt-vm").is_err());
+        assert!(parse("trigger corrupt-vm db web").is_err());
+        assert!(parse("trigger panic db").is_err());
+        assert_eq!(parse("recovery"), Ok(Some(Command::Recovery)));
+        assert!(parse("recovery now").is_err());
     }
 }

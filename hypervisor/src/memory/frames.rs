@@ -22,6 +22,8 @@ pub enum FrameError {
     DoubleFree(Range),
     /// Part of the range is already managed (on [`FrameAllocator::add`]).
     AlreadyManaged(Range),
+    /// Part of the range is not free (on [`FrameAllocator::take`]).
+    NotFree(Range),
     /// Recording the range needs more separate ranges than the allocator can hold.
     Full,
 }
@@ -38,6 +40,7 @@ impl fmt::Display for FrameError {
             Self::Misaligned(r) => write!(f, "{r} is empty or not page aligned"),
             Self::NotManaged(r) => write!(f, "{r} does not belong to this allocator"),
             Self::DoubleFree(r) => write!(f, "{r} is already free"),
+            Self::NotFree(r) => write!(f, "{r} is not free"),
             Self::AlreadyManaged(r) => write!(f, "{r} is already managed"),
             Self::Full => f.write_str("too many separate free ranges"),
         }
@@ -136,6 +139,27 @@ impl<const N: usize> FrameAllocator<N> {
             }
         }
         None
+    }
+
+    /// Takes exactly `range` out of the free pool: for memory already in use when the
+    /// allocator is rebuilt (a recovery boot re-adopting the VMs' RAM).
+    ///
+    /// # Errors
+    /// [`FrameError::Misaligned`] for an empty or unaligned range, [`FrameError::NotFree`]
+    /// if any of it is not free, [`FrameError::Full`] if splitting a hole needs a slot
+    /// the pool does not have. On error nothing changes.
+    pub fn take(&mut self, range: Range) -> Result<(), FrameError> {
+        if range.is_empty()
+            || !range.start.is_multiple_of(PAGE_SIZE)
+            || !range.end.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(FrameError::Misaligned(range));
+        }
+        if !self.free.contains_range(range) {
+            return Err(FrameError::NotFree(range));
+        }
+        self.free.remove(range)?;
+        Ok(())
     }
 
     /// Returns `range` to the free pool.
@@ -357,5 +381,21 @@ mod tests {
         a.free(blocks[3]).unwrap();
         a.free(blocks[4]).unwrap();
         assert_eq!(a.free_ranges().as_slice(), &[r(0x2000, 0x6000)]);
+    }
+
+    #[test]
+    fn take_removes_exactly_a_free_range() {
+        let mut set = RangeSet::<8>::new();
+        set.insert(Range::new(0x10_0000, 0x90_0000)).unwrap();
+        let mut a = FrameAllocator::from_free(&set).unwrap();
+        let ram = Range::new(0x20_0000, 0x40_0000);
+        assert_eq!(a.take(ram), Ok(()));
+        assert_eq!(a.free_bytes(), 0x80_0000 - 0x20_0000);
+        assert_eq!(a.take(ram), Err(FrameError::NotFree(ram)));
+        let unaligned = Range::new(0x50_0001, 0x60_0000);
+        assert_eq!(a.take(unaligned), Err(FrameError::Misaligned(unaligned)));
+        // What was taken can be given back, and the next allocation skips nothing else.
+        assert_eq!(a.free(ram), Ok(()));
+        assert_eq!(a.free_bytes(), 0x80_0000);
     }
 }

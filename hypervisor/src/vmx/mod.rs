@@ -16,3 +16,4 @@ pub mod controls;
 pub mod event;
 pub mod exit;
 pub mod fields;
+pub mod host;

@@ -79,6 +79,10 @@ impl Vms {
         let Some(slot) = self.root.find_vm(name) else {
             return writeln!(out, "error: vm: no VM named '{name}'");
         };
+        if let Err(e) = self.root.validate_vm(slot) {
+            // Its RAM range or pages cannot be trusted: reloading it could write anywhere.
+            return writeln!(out, "error: vm {name}: its record is corrupt ({e}); it cannot be reset");
+        }
         if let Err(e) = self.reset_guest(slot) {
             vmx_failure("reset", &self.root.vms[slot], e);
         }
@@ -187,5 +191,27 @@ impl Vms {
             Some(state) => writeln!(out, "error: vm: {name} is already {}", state.as_str()),
             None => writeln!(out, "error: vm: {name} has a corrupt state"),
         }
+    }
+
+    /// `recovery`: one documented `recovery` line per logged recovery, oldest first,
+    /// then the total.
+    pub fn recoveries(&self, out: &mut dyn Write) -> fmt::Result {
+        let r = &self.root.recovery;
+        for record in r.history() {
+            writeln!(out, "{record}")?;
+        }
+        writeln!(
+            out,
+            "recovery: {} recoveries since cold boot (generation {})",
+            r.completed, self.root.header.generation
+        )
+    }
+
+    /// Trigger `corrupt-vm NAME`: breaks the VM's configuration checksum, which recovery
+    /// must notice and answer by stopping that VM alone.
+    pub fn corrupt_for_test(&mut self, name: &str) -> Result<(), &'static str> {
+        let slot = self.root.find_vm(name).ok_or("no VM with that name")?;
+        self.root.vms[slot].config_checksum ^= 1;
+        Ok(())
     }
 }

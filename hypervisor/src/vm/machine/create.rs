@@ -101,6 +101,7 @@ impl Vms {
             epoch,
             slice_end: 0,
             modules: modules.iter().copied().collect(),
+            cold_boot: None,
         })
     }
 
@@ -316,8 +317,6 @@ impl Vms {
             self.root.io_bitmaps,
             self.root.msr_bitmap,
         )?;
-        // The guest's TSC starts at 0 when the VM does (TSC offsetting, SDM Vol. 3C §26.6.5).
-        vmx::CurrentVmcs.write(VmcsField::TscOffset, 0u64.wrapping_sub(vm.clock_start))?;
         // Give the CPU back to the VM that was current: its VMCS, and (untouched) its FPU
         // state still live in the registers. If the reset VM itself was current, nothing
         // is: the next switch loads it from scratch, with the initial FPU state.
@@ -399,71 +398,15 @@ pub(super) fn setup_vmcs(
     msr_bitmap: u64,
 ) -> Result<(), VmxError> {
     use VmcsField as F;
-    let [cr0, _, cr3, cr4] = crate::arch::instructions::control_registers();
-    let (gdtr, idtr) = (
-        x86_64::instructions::tables::sgdt(),
-        x86_64::instructions::tables::sidt(),
-    );
-    let c = &caps.controls;
-    // SAFETY (rdmsr): IA32_EFER and IA32_PAT exist on every CPU with VMX.
-    let (efer, pat) = unsafe { (rdmsr(0xc000_0080), rdmsr(0x277)) };
-    let writes: [(F, u64); 31] = [
-        // Controls.
-        (F::PinBasedControls, u64::from(c.pin)),
-        (F::PrimaryProcBasedControls, u64::from(c.proc)),
-        (F::SecondaryProcBasedControls, u64::from(c.proc2)),
-        (F::ExitControls, u64::from(c.exit)),
-        (F::EntryControls, u64::from(c.entry) | (1 << 9)),
-        (F::ExceptionBitmap, 0),
-        (F::IoBitmapA, io_bitmaps[0]),
-        (F::IoBitmapB, io_bitmaps[1]),
-        (F::MsrBitmap, msr_bitmap),
-        (F::EptPointer, eptp),
-        (F::VmcsLinkPointer, u64::MAX),
-        (
-            F::Cr0GuestHostMask,
-            cr_owned(caps.cr_fixed[0], caps.cr_fixed[1]) & !((1 << 0) | (1 << 31)),
-        ),
-        (
-            F::Cr4GuestHostMask,
-            cr_owned(caps.cr_fixed[2], caps.cr_fixed[3]),
-        ),
-        // Host state: where and how VM exits land.
-        (F::HostCr0, cr0),
-        (F::HostCr3, cr3),
-        (F::HostCr4, cr4),
-        (
-            F::HostCsSelector,
-            u64::from(crate::arch::gdt::KERNEL_CODE_SELECTOR),
-        ),
-        (F::HostSsSelector, 0),
-        (F::HostDsSelector, 0),
-        (F::HostEsSelector, 0),
-        (F::HostFsSelector, 0),
-        (F::HostGsSelector, 0),
-        (F::HostTrSelector, u64::from(crate::arch::gdt::TSS_SELECTOR)),
-        (F::HostFsBase, 0),
-        (F::HostGsBase, 0),
-        (F::HostTrBase, crate::arch::gdt::tss_base(0)),
-        (F::HostGdtrBase, gdtr.base.as_u64()),
-        (F::HostIdtrBase, idtr.base.as_u64()),
-        (F::HostIa32Efer, efer),
-        (F::HostIa32Pat, pat),
-        (F::HostRip, vmentry::exit_landing()),
-    ];
-    for (field, value) in writes {
-        v.write(field, value)?;
-    }
-    if caps.vpid {
-        v.write(F::Vpid, u64::from(vm.id))?;
-    }
+    controls_for(vm, caps, eptp, io_bitmaps, msr_bitmap, false, true).write(v)?;
+    host_state().write(v)?;
     // Guest state: 64-bit mode, CPL 0, flat segments, paging on (page tables at GUEST_PML4).
     let [f0, f1, g0, g1] = caps.cr_fixed;
     let guest_cr0: u64 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
     let guest_cr4: u64 = 1 << 5;
     let code_ar = 0xa09b; // present, S, execute/read accessed, L, G (SDM Vol. 3C §25.4.1)
     let data_ar = 0xc093; // present, S, read/write accessed, D/B, G
-    let guest: [(F, u64); 38] = [
+    let guest: [(F, u64); 37] = [
         (F::GuestCr0, exits::cr0_real(guest_cr0, f0, f1)),
         (F::Cr0ReadShadow, guest_cr0),
         (F::GuestCr3, GUEST_PML4),
@@ -508,7 +451,6 @@ pub(super) fn setup_vmcs(
         (F::GuestIa32SysenterEsp, 0),
         (F::GuestIa32SysenterEip, 0),
         (F::EntryInterruptionInfo, 0),
-        (F::TscOffset, 0),
     ];
     for (field, value) in guest {
         v.write(field, value)?;
@@ -545,6 +487,57 @@ pub(super) fn setup_vmcs(
         v.write(ar, data_ar)?;
     }
     Ok(())
+}
+
+/// The controls of `vm`'s VMCS: the boot's control set, the shared bitmaps, its EPT and
+/// VPID, and the two bits that change at run time (interrupt window, IA-32e guest).
+pub(super) fn controls_for(
+    vm: &VmRecord,
+    caps: &Caps,
+    eptp: u64,
+    io_bitmaps: [u64; 2],
+    msr_bitmap: u64,
+    interrupt_window: bool,
+    ia32e_guest: bool,
+) -> Controls {
+    Controls {
+        set: caps.controls,
+        io_bitmaps,
+        msr_bitmap,
+        eptp,
+        vpid: caps.vpid.then_some(vm.id as u16),
+        cr0_mask: cr_owned(caps.cr_fixed[0], caps.cr_fixed[1]) & !((1 << 0) | (1 << 31)),
+        cr4_mask: cr_owned(caps.cr_fixed[2], caps.cr_fixed[3]),
+        // The guest's TSC starts at 0 when the VM does (TSC offsetting, SDM Vol. 3C §26.6.5).
+        tsc_offset: 0u64.wrapping_sub(vm.clock_start),
+        interrupt_window,
+        ia32e_guest,
+    }
+}
+
+/// This CPU's host state: its control registers, descriptor tables, TSS, EFER and PAT, and
+/// the exit landing.
+pub fn host_state() -> HostState {
+    let [cr0, _, cr3, cr4] = crate::arch::instructions::control_registers();
+    let (gdtr, idtr) = (
+        x86_64::instructions::tables::sgdt(),
+        x86_64::instructions::tables::sidt(),
+    );
+    // SAFETY (rdmsr): IA32_EFER and IA32_PAT exist on every CPU with VMX.
+    let (efer, pat) = unsafe { (rdmsr(0xc000_0080), rdmsr(0x277)) };
+    HostState {
+        cr0,
+        cr3,
+        cr4,
+        cs: crate::arch::gdt::KERNEL_CODE_SELECTOR,
+        tr: crate::arch::gdt::TSS_SELECTOR,
+        tr_base: crate::arch::gdt::tss_base(0),
+        gdtr_base: gdtr.base.as_u64(),
+        idtr_base: idtr.base.as_u64(),
+        efer,
+        pat,
+        rip: vmentry::exit_landing(),
+    }
 }
 
 /// CR bits whose value VMX operation fixes (fixed0 set: must be 1; fixed1 clear: must

@@ -20,13 +20,15 @@ use crate::loader::linux;
 use crate::memory::{format_size, FrameAllocator, Range, FREE_RANGES};
 use crate::vmx::exit::ExitReason;
 use crate::vmx::fields::{GuestRegisters, VmcsAccess, VmcsField, VmxError};
+use crate::vmx::host::{Controls, HostState};
 
 mod commands;
 mod create;
 mod memory;
+mod recover;
 mod run;
 
-pub use create::{CreateError, StartError};
+pub use create::{host_state, CreateError, StartError};
 use memory::*;
 pub use memory::{module_bytes, Ram};
 use run::*;
@@ -56,6 +58,9 @@ pub struct Vms {
     epoch: u64,
     /// The GRUB modules (guest images), by index, for resets.
     modules: heapless::Vec<Range, { crate::bootinfo::MAX_MODULES }>,
+    /// Host TSC at the cold boot's first instruction, until the first VM entry reports
+    /// how long the boot took (the benchmark's comparison figure).
+    cold_boot: Option<u64>,
 }
 
 /// VMX facts gathered once at boot.

@@ -44,7 +44,13 @@ impl Vms {
         if let Err(e) = vmx::CurrentVmcs.write(VmcsField::PreemptionTimerValue, u64::from(timer)) {
             vmx_failure("VMWRITE of the preemption timer", vm, e);
         }
+        if crate::triggers::take_vmcs_host() {
+            corrupt_host_state(vm);
+        }
         vm.vcpu.journal.phase = Phase::InGuest as u32;
+        self.root.running = slot as u32 + 1;
+        let vm = &mut self.root.vms[slot];
+        let entered = rdtsc();
         // SAFETY: this VM's VMCS is current (switch_to / reset_guest) and fully set up; its
         // registers live in the arena record, which nothing else touches while it runs.
         let result = unsafe { vmentry::enter(&mut vm.vcpu.regs, vm.vcpu.launched != 0) };
@@ -92,7 +98,16 @@ impl Vms {
         }
         let host = RealHost { caps: &caps };
         let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
+        if crate::triggers::take_mid_exit() {
+            panic!(
+                "trigger: deliberate panic in the middle of exit {} ({}) of vm {}",
+                vm.vcpu.journal.exit_seq,
+                exit.reason.name(),
+                vm.name()
+            );
+        }
         let mut ram = Ram::of(vm);
+        vm.vcpu.journal.phase = Phase::Committing as u32;
         let unclaimed_before = vm.stats.unclaimed_io;
         let msrs_before = vm.vcpu.msrs;
         let xcr0_before = vm.vcpu.xcr0;
@@ -132,7 +147,35 @@ impl Vms {
         // The whole step (entry, guest time, exit handling) is charged to the VM.
         vm.stats.guest_tsc += rdtsc().saturating_sub(now);
         self.apply(slot, outcome);
+        self.root.running = 0;
+        if self.root.recovery.pending_print != 0 {
+            self.finish_recovery(entered);
+        }
+        if let Some(start) = self.cold_boot.take() {
+            // Documented in the README ("Recovery"); the benchmark reads it.
+            log::info!(
+                "boot: first VM entry {} cycles after the cold boot's first instruction",
+                entered.saturating_sub(start)
+            );
+        }
         true
+    }
+
+    /// Remembers when the cold boot started (see [`Vms::step`]).
+    pub fn note_cold_boot(&mut self, tsc: u64) {
+        self.cold_boot = Some(tsc);
+    }
+
+    /// The first VM entry after a recovery happened at TSC `entered`: the recovery is
+    /// complete. Prints the failure report and the `recovery` line, which waited until
+    /// now so that the console did not delay the VMs.
+    pub fn finish_recovery(&mut self, entered: u64) {
+        let r = &mut self.root.recovery;
+        r.pending_print = 0;
+        r.current.t_entry = entered;
+        let record = r.complete();
+        crate::failure::print_report_text(r.report());
+        log::info!("{record}");
     }
 
     pub(super) fn apply(&mut self, slot: usize, outcome: Outcome) {
@@ -213,6 +256,12 @@ impl Vms {
             vm.vcpu.msrs.kernel_gs_base =
                 unsafe { crate::arch::instructions::rdmsr(exits::msr::IA32_KERNEL_GS_BASE) };
         }
+        if let Err(error) = self.root.validate_vm(next) {
+            failure::fail(&Failure::Arena {
+                what: "VM record before its VM entry",
+                error,
+            });
+        }
         let vm = &mut self.root.vms[next];
         // SAFETY: the VMCS page belongs to this VM and was initialised by reset_guest.
         if let Err(e) = unsafe { vmx::vmptrld(vm.vcpu.vmcs) } {
@@ -221,7 +270,17 @@ impl Vms {
         restore_fpu(vm, self.caps.xcr0);
         load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         self.current = Some(next);
+        self.root.fpu_owner = next as u32 + 1;
     }
+}
+
+/// Trigger `vmcs-host`: clears CR4.VMXE in the host-state area of the current VMCS, which
+/// VM entry must refuse (SDM Vol. 3C §27.2.2: host CR4 must hold the bits fixed to 1 in
+/// VMX operation) with VMfailValid "invalid host-state field".
+fn corrupt_host_state(vm: &VmRecord) {
+    log::warn!("trigger: vmcs-host: clearing CR4.VMXE in vm {}'s host state", vm.name());
+    let cr4 = vmx::CurrentVmcs.read(VmcsField::HostCr4).unwrap_or(0);
+    let _ = vmx::CurrentVmcs.write(VmcsField::HostCr4, cr4 & !(1 << 13));
 }
 
 /// The exit as read from the current VMCS.
@@ -354,8 +413,12 @@ pub(super) fn deliver_interrupts(vm: &mut VmRecord, caps: &Caps) -> Result<(), V
         Delivery::Nothing => false,
         Delivery::OpenWindow => true,
         Delivery::Inject => {
-            if let Some(vector) = vm.devices.pic.acknowledge() {
+            // The injection is written before the PIC acknowledges: a failure between the
+            // two leaves the interrupt both queued and pending (delivered twice, which a
+            // guest tolerates as a spurious repeat), never acknowledged and lost.
+            if let Some(vector) = vm.devices.pic.pending_vector() {
                 crate::vmx::event::inject_external_interrupt(vector).write_to(v)?;
+                vm.devices.pic.acknowledge();
                 vm.stats.interrupts += 1;
             }
             false

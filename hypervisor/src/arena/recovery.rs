@@ -1,0 +1,226 @@
+//! What the arena remembers about recoveries: the one in progress (written by the dying
+//! instance, read by the new one) and a log of the last [`RECOVERY_LOG`] completed ones
+//! (the console command `recovery` prints it).
+//!
+//! The dying instance writes here without trusting anything else, so every field is a
+//! plain integer or byte array and every length is bound-checked by its reader.
+
+use core::fmt;
+
+/// Completed recoveries kept in the log (the oldest is overwritten).
+pub const RECOVERY_LOG: usize = 16;
+/// Bytes of failure report (the `hypervisor failure` line and register dump) kept for
+/// printing after the VMs run again.
+pub const REPORT_LEN: usize = 1536;
+/// `inflight_slot` when no VM exit was in flight.
+pub const NO_SLOT: u32 = u32::MAX;
+/// Recovery attempts for one failure before the VM whose exit was in flight is stopped;
+/// one more attempt after that, then the hypervisor halts.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// What was detected. Stored as a raw `u32` ([`Cause::from_raw`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Cause {
+    Panic = 1,
+    Exception = 2,
+    Vmx = 3,
+    Hang = 4,
+    Arena = 5,
+}
+
+impl Cause {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Panic,
+            2 => Self::Exception,
+            3 => Self::Vmx,
+            4 => Self::Hang,
+            5 => Self::Arena,
+            _ => return None,
+        })
+    }
+}
+
+/// What each repair pass changed (DESIGN 6), counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// Arena locks that were held and force-released.
+    pub locks: u32,
+    /// Uncommitted VM exits rolled back (they re-execute).
+    pub rolled_back: u32,
+    /// VMs runnable after the scheduler state was re-derived.
+    pub runnable: u32,
+    /// EPT hierarchies verified intact, and rebuilt.
+    pub ept_verified: u32,
+    pub ept_rebuilt: u32,
+    /// VMCSs reloaded with host and control state rewritten.
+    pub vmcs: u32,
+    /// Interrupts re-delivered (in flight at the failure).
+    pub interrupts: u32,
+    /// Virtual timer periods caught up.
+    pub timers: u32,
+    /// Device models and console buffers whose state was out of bounds and was fixed.
+    pub devices: u32,
+    /// VMs stopped because their state could not be trusted.
+    pub stopped: u32,
+}
+
+/// One recovery, as the `recovery` line reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryRecord {
+    /// 1 for the first recovery since cold boot.
+    pub number: u64,
+    /// [`Cause`] as a raw value, and the exception vector for [`Cause::Exception`].
+    pub cause: u32,
+    pub vector: u32,
+    /// Recovery boots it took (more than 1 when recovery itself failed).
+    pub attempts: u32,
+    pub _pad: u32,
+    /// Host TSC at detection, when the failure path handed over to the pristine image,
+    /// when the new instance had VMX on and the arena validated, when the repair passes
+    /// were done, and at the first VM entry (= `passes` when no VM could run).
+    pub t_detect: u64,
+    pub t_failpath: u64,
+    pub t_boot: u64,
+    pub t_passes: u64,
+    pub t_entry: u64,
+    pub repairs: Repairs,
+}
+
+impl RecoveryRecord {
+    /// Detection to first VM entry, in TSC cycles.
+    pub fn latency(&self) -> u64 {
+        self.t_entry.saturating_sub(self.t_detect)
+    }
+}
+
+/// The documented `recovery` line (README, "Recovery"); tests and the benchmark parse it.
+impl fmt::Display for RecoveryRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.repairs;
+        write!(f, "recovery {}: cause=", self.number)?;
+        match Cause::from_raw(self.cause) {
+            Some(Cause::Panic) => f.write_str("panic")?,
+            Some(Cause::Exception) => {
+                let (mnemonic, _) = crate::arch::idt::exception_name(self.vector as u8);
+                write!(f, "exception{mnemonic}")?
+            }
+            Some(Cause::Vmx) => f.write_str("vmx")?,
+            Some(Cause::Hang) => f.write_str("hang")?,
+            Some(Cause::Arena) => f.write_str("arena")?,
+            None => f.write_str("unknown")?,
+        }
+        write!(
+            f,
+            " attempts={} latency={} failpath={} boot={} repair={} entry={} \
+             locks={} exits={} runnable={} ept={} ept_rebuilt={} vmcs={} interrupts={} \
+             timers={} devices={} stopped={}",
+            self.attempts,
+            self.latency(),
+            self.t_failpath.saturating_sub(self.t_detect),
+            self.t_boot.saturating_sub(self.t_failpath),
+            self.t_passes.saturating_sub(self.t_boot),
+            self.t_entry.saturating_sub(self.t_passes),
+            r.locks,
+            r.rolled_back,
+            r.runnable,
+            r.ept_verified,
+            r.ept_rebuilt,
+            r.vmcs,
+            r.interrupts,
+            r.timers,
+            r.devices,
+            r.stopped
+        )
+    }
+}
+
+/// The recovery in progress and the log of completed ones.
+#[repr(C)]
+pub struct RecoveryState {
+    /// 1 from detection until the recovered instance's first VM entry.
+    pub in_progress: u32,
+    /// Slot of the VM whose exit was being handled at the first failure, or [`NO_SLOT`].
+    pub inflight_slot: u32,
+    /// The recovery being carried out.
+    pub current: RecoveryRecord,
+    /// 1 while the report and `recovery` line wait to be printed (after the first VM entry).
+    pub pending_print: u32,
+    pub report_len: u32,
+    /// The failure report text, lines separated by '\n'.
+    pub report: [u8; REPORT_LEN],
+    /// Test trigger `recovery-fail`: 1 makes the next recovery fail once, mid-repair.
+    pub fail_next_recovery: u32,
+    pub _pad: u32,
+    /// Completed recoveries: `log[(n - 1) % RECOVERY_LOG]` is number n.
+    pub completed: u64,
+    pub log: [RecoveryRecord; RECOVERY_LOG],
+}
+
+impl RecoveryState {
+    /// Starts a recovery (first failure) or counts one more attempt (a failure during
+    /// recovery). Returns the attempt number.
+    pub fn begin(&mut self, cause: Cause, vector: u8, t_detect: u64, inflight: u32) -> u32 {
+        if self.in_progress == 1 && self.current.attempts >= 1 {
+            self.current.attempts = self.current.attempts.saturating_add(1);
+            return self.current.attempts;
+        }
+        self.in_progress = 1;
+        self.inflight_slot = inflight;
+        self.pending_print = 0;
+        self.report_len = 0;
+        self.current = RecoveryRecord {
+            number: self.completed + 1,
+            cause: cause as u32,
+            vector: u32::from(vector),
+            attempts: 1,
+            t_detect,
+            ..RecoveryRecord::default()
+        };
+        1
+    }
+
+    /// The failure report text (bound-checked).
+    pub fn report(&self) -> &str {
+        let len = (self.report_len as usize).min(REPORT_LEN);
+        core::str::from_utf8(&self.report[..len]).unwrap_or("(report not readable)")
+    }
+
+    /// Appends to the report, truncating at [`REPORT_LEN`].
+    pub fn append_report(&mut self, text: &str) {
+        let len = (self.report_len as usize).min(REPORT_LEN);
+        let n = text.len().min(REPORT_LEN - len);
+        // Cut at a character boundary so the report stays UTF-8.
+        let n = (0..=n).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        self.report[len..len + n].copy_from_slice(&text.as_bytes()[..n]);
+        self.report_len = (len + n) as u32;
+    }
+
+    /// Ends the recovery in progress: the record joins the log.
+    pub fn complete(&mut self) -> RecoveryRecord {
+        let record = self.current;
+        self.completed += 1;
+        self.log[((self.completed - 1) % RECOVERY_LOG as u64) as usize] = record;
+        self.in_progress = 0;
+        self.inflight_slot = NO_SLOT;
+        record
+    }
+
+    /// The logged recoveries, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &RecoveryRecord> {
+        let n = self.completed;
+        let first = n.saturating_sub(RECOVERY_LOG as u64);
+        (first..n).map(move |i| &self.log[(i % RECOVERY_LOG as u64) as usize])
+    }
+}
+
+/// A `fmt::Write` into the report buffer.
+impl fmt::Write for RecoveryState {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.append_report(s);
+        Ok(())
+    }
+}

@@ -1,0 +1,248 @@
+//! The failure path in the dying instance (DESIGN 6, steps 1-5) and the cold-boot step
+//! that makes it possible (taking the pristine copy and writing the anchor).
+//!
+//! What it may trust: the anchor (checksummed, at a fixed address), the pristine copy
+//! (checksummed, verified before use) and the arena header (magic checked). What it does
+//! not: the heap (never used here), the failing stack (the trampoline switches to the
+//! recovery stack before it rewrites anything) and the image's own code (the trampoline
+//! lives in `.recovery_text`, outside what it overwrites).
+//!
+//! Lazarus runs one CPU, so step 2 (stop the other CPUs) has nothing to stop yet.
+
+use core::arch::global_asm;
+use core::fmt::Write;
+
+use hypervisor::arch::{instructions, serial, vmx};
+use hypervisor::arena::recovery::{MAX_ATTEMPTS, NO_SLOT};
+use hypervisor::arena::{ArenaRoot, VmState, ARENA_MAGIC};
+use hypervisor::failure::{self, Failure};
+use hypervisor::memory::Range;
+
+use crate::anchor::{pristine_checksum, Anchor, OFFSET_LEN, OFFSET_PAYLOAD, OFFSET_SUM};
+
+// The microreboot trampoline. Entered with RDI = the anchor, interrupts masked, VMX off.
+//
+// 1. Take the recovery stack: the failing stack may be what broke.
+// 2. Recompute the pristine payload's checksum (rotate-xor, `anchor::pristine_checksum`)
+//    and compare it with the anchor's; a mismatch means the copy itself is damaged, and
+//    copying it would make things worse: print a line on COM1 by polling and halt.
+// 3. Copy the payload over `.text .rodata .data` (REP MOVSB).
+// 4. Zero `.bss` (REP STOSB).
+// 5. Jump to `lazarus_recovery_start` (boot/src/entry.rs) in the fresh image.
+//
+// Nothing here calls into the image, and the code and its message live in
+// `.recovery_text`, which the copy does not touch.
+global_asm!(
+    r#"
+    .section .recovery_text, "ax"
+    .global lazarus_microreboot
+lazarus_microreboot:
+    cli
+    cld
+    /* 1. */
+    mov rsp, offset recovery_stack_top
+    mov r12, rdi
+    /* 2. */
+    mov rsi, [r12 + {payload}]
+    mov rcx, [r12 + {len}]
+    mov rax, offset __pristine_end
+    sub rax, offset __pristine_start
+    cmp rax, rcx
+    jne 5f
+    shr rcx, 3
+    xor eax, eax
+2:
+    test rcx, rcx
+    jz 3f
+    rol rax, 1
+    xor rax, [rsi]
+    add rsi, 8
+    dec rcx
+    jmp 2b
+3:
+    cmp rax, [r12 + {sum}]
+    jne 5f
+    /* 3. */
+    mov rsi, [r12 + {payload}]
+    mov rdi, offset __pristine_start
+    mov rcx, [r12 + {len}]
+    rep movsb
+    /* 4. */
+    mov rdi, offset __bss_start
+    mov rcx, offset __bss_end
+    sub rcx, rdi
+    xor eax, eax
+    rep stosb
+    /* 5. */
+    jmp lazarus_recovery_start
+5:
+    lea rsi, [rip + 7f]
+6:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 0x20
+    jz 6b
+    lodsb
+    test al, al
+    jz 8f
+    mov dx, 0x3f8
+    out dx, al
+    jmp 6b
+8:
+    hlt
+    jmp 8b
+7:
+    .asciz "\r\n[lazarus] ERROR halted: the pristine copy is damaged (checksum mismatch); cannot recover\r\n"
+    "#,
+    payload = const OFFSET_PAYLOAD,
+    len = const OFFSET_LEN,
+    sum = const OFFSET_SUM,
+);
+
+unsafe extern "C" {
+    static mut recovery_anchor: Anchor;
+    static __pristine_start: u8;
+    static __pristine_end: u8;
+    static __data_start: u8;
+    static __data_stash: u8;
+    fn lazarus_microreboot(anchor: *const Anchor) -> !;
+}
+
+fn addr(symbol: *const u8) -> u64 {
+    symbol as u64
+}
+
+/// `.text .rodata .data` of the image: what the pristine copy holds.
+fn payload() -> Range {
+    // Linker-defined symbols: only their addresses are taken, never their contents.
+    Range::new(
+        addr(&raw const __pristine_start),
+        addr(&raw const __pristine_end),
+    )
+}
+
+/// The anchor as it is now.
+pub fn anchor() -> Anchor {
+    // SAFETY: the anchor is a 64-byte, 64-aligned area in `.stacks` reserved for it
+    // (boot/src/entry.rs); any bit pattern is a valid `Anchor` (plain integers).
+    unsafe { core::ptr::read_volatile(&raw const recovery_anchor) }
+}
+
+/// Cold boot: copies the payload into `pristine` (after its header page) and writes the
+/// anchor that names it and `arena`. `.text` and `.rodata` come from the image itself
+/// (nothing writes them); `.data` comes from the copy the entry code saved before any
+/// Rust ran (`__data_stash`), because statics in `.data` have changed since.
+pub fn take_pristine(pristine: Range, arena: Range) -> Result<Anchor, &'static str> {
+    let payload = payload();
+    let len = payload.len();
+    if pristine.len() < 4096 + len || len % 8 != 0 {
+        return Err("the pristine area is too small for the image");
+    }
+    let dst = pristine.start + 4096;
+    let (data_start, stash) = (addr(&raw const __data_start), addr(&raw const __data_stash));
+    let code_len = (data_start - payload.start) as usize;
+    let data_len = (payload.end - data_start) as usize;
+    // SAFETY: `pristine` is the layout's pristine range (usable RAM reserved for it,
+    // identity-mapped, disjoint from the image); the sources are the image's code and
+    // read-only data and the `.data` stash in `.stacks`, each exactly as long as copied.
+    unsafe {
+        core::ptr::copy_nonoverlapping(payload.start as *const u8, dst as *mut u8, code_len);
+        core::ptr::copy_nonoverlapping(
+            stash as *const u8,
+            (dst + code_len as u64) as *mut u8,
+            data_len,
+        );
+    }
+    // SAFETY: the copy just written: `len` bytes, 8-aligned.
+    let words = unsafe { core::slice::from_raw_parts(dst as *const u64, (len / 8) as usize) };
+    let sum = pristine_checksum(words.iter().copied());
+    let anchor = Anchor::new(dst, len, sum, arena.start, arena.len());
+    // SAFETY: the anchor's reserved area; written once here, read by the failure path.
+    unsafe {
+        core::ptr::write_volatile(&raw mut recovery_anchor, anchor);
+        // The header page says what follows, for anyone reading memory.
+        let header = pristine.start as *mut u64;
+        core::ptr::write_volatile(header, u64::from_le_bytes(*b"LZPRISTN"));
+        core::ptr::write_volatile(header.add(1), len);
+        core::ptr::write_volatile(header.add(2), sum);
+    }
+    Ok(anchor)
+}
+
+/// The arena named by an intact anchor whose header magic is right, if any.
+pub fn arena() -> Option<&'static mut ArenaRoot> {
+    let anchor = anchor();
+    if !anchor.is_intact(payload().len()) {
+        return None;
+    }
+    // SAFETY: cold boot wrote the anchor with the arena's base (identity-mapped RAM that
+    // the layout reserved for the arena alone); the root is plain integers, so any
+    // content is a valid value, and the magic says cold boot initialised it.
+    let root = unsafe { &mut *(anchor.arena_base as *mut ArenaRoot) };
+    (root.header.magic == ARENA_MAGIC && root.header.base == anchor.arena_base).then_some(root)
+}
+
+/// The failure hook `boot` installs (DESIGN 6, the failure path). Never returns: it
+/// ends in the trampoline, or, when recovery is impossible or has failed too often, in a
+/// halt with a diagnostic dump.
+pub fn on_failure(failure: &Failure, depth: u32) -> ! {
+    if depth > 2 {
+        serial::write_str("\n[lazarus] ERROR halted: the failure path keeps failing\n");
+        instructions::halt_forever();
+    }
+    let Some(root) = arena() else {
+        failure::print_report(failure);
+        log::error!("halted: no recovery possible: no arena (VMX never started or the anchor is damaged)");
+        instructions::halt_forever()
+    };
+    if depth == 1 {
+        let (cause, vector) = failure.cause();
+        let inflight = root.running.checked_sub(1).unwrap_or(NO_SLOT);
+        let attempt = root
+            .recovery
+            .begin(cause, vector, failure::detected_at(), inflight);
+        if attempt > 1 {
+            let _ = writeln!(root.recovery, "recovery attempt {} failed:", attempt - 1);
+        }
+        let _ = failure::write_report(failure, &mut root.recovery);
+        if attempt > MAX_ATTEMPTS {
+            last_resort(root);
+        }
+        let pages = root
+            .vms
+            .iter()
+            .filter(|vm| vm.state != VmState::Free as u32)
+            .map(|vm| vm.vcpu.vmcs)
+            .filter(|&page| root.owns_page(page))
+            .collect::<heapless::Vec<u64, { hypervisor::arena::MAX_VMS }>>();
+        vmx::teardown(pages.into_iter());
+    }
+    // Depth 2: the failure path itself failed. The report and VMX teardown are skipped
+    // (they may be what failed); the recovery boot copes with VMX still on.
+    root.recovery.current.t_failpath = instructions::rdtsc();
+    // SAFETY: the anchor is intact (checked by `arena()`) and lives outside everything the
+    // trampoline rewrites; the trampoline verifies the pristine copy before it overwrites
+    // the image, and never returns.
+    unsafe { lazarus_microreboot(&raw const recovery_anchor) }
+}
+
+/// Recovery failed `MAX_ATTEMPTS` times: print everything known and stop (DESIGN 6: "as a
+/// last resort the hypervisor halts with a diagnostic dump").
+fn last_resort(root: &ArenaRoot) -> ! {
+    failure::print_report_text(root.recovery.report());
+    log::error!(
+        "halted: recovery failed {} times in a row; the VMs were not resumed",
+        MAX_ATTEMPTS
+    );
+    for vm in root.vms.iter().filter(|vm| vm.state != VmState::Free as u32) {
+        log::error!(
+            "  vm {}: state={} phase={} exit={} rip_at_exit={:#x}",
+            vm.name(),
+            vm.state,
+            vm.vcpu.journal.phase,
+            vm.vcpu.journal.exit_seq,
+            vm.vcpu.journal.rip_at_exit
+        );
+    }
+    instructions::halt_forever()
+}
