@@ -165,9 +165,11 @@ impl Machine for BootMachine {
 
 /// Runs the VMs and the console, forever (until `shutdown`): between two VM exits,
 /// one check for a typed byte.
-pub fn run_console(machine: &mut BootMachine) -> ! {
+pub fn run_console(machine: &mut BootMachine, draw_prompt: bool) -> ! {
     let mut editor = LineEditor::new();
-    serial::write_str(PROMPT);
+    if draw_prompt {
+        serial::write_str(PROMPT);
+    }
     serial::set_prompt_line(&[PROMPT.as_bytes()]);
     loop {
         let Some(byte) = serial::try_read_byte() else {
@@ -193,7 +195,7 @@ pub fn run_console(machine: &mut BootMachine) -> ! {
             }
             continue;
         }
-        let mut reply: heapless::String<2048> = heapless::String::new();
+        let mut reply: heapless::String<8192> = heapless::String::new();
         match editor.feed(byte) {
             Event::None => continue,
             Event::Echo(bytes) => {

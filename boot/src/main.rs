@@ -160,7 +160,7 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         vms,
         attached: None,
     };
-    run(machine, "type 'help' for commands")
+    run(machine, Some("type 'help' for commands"))
 }
 
 /// What both boots do first: the console, the GDT and IDT of CPU 0, and the failure hook,
@@ -173,11 +173,15 @@ fn bring_up_cpu() {
     failure::install(recovery::on_failure);
 }
 
-/// What both boots end in: the VMs run, and the console (unless `console=off`).
-fn run(mut machine: machine::BootMachine, greeting: &str) -> ! {
+/// What both boots end in: the VMs run, and the console (unless `console=off`). A
+/// recovery boot passes no greeting: it prints nothing before the VMs run again (its
+/// `recovery` line redraws the prompt).
+fn run(mut machine: machine::BootMachine, greeting: Option<&str>) -> ! {
     let options = machine.options;
     if !options.console_input {
-        info!("ready: console input disabled (console=off); running the VMs");
+        if greeting.is_some() {
+            info!("ready: console input disabled (console=off); running the VMs");
+        }
         loop {
             let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
             if !ran {
@@ -185,8 +189,10 @@ fn run(mut machine: machine::BootMachine, greeting: &str) -> ! {
             }
         }
     }
-    info!("ready: {greeting}");
-    machine::run_console(&mut machine)
+    if let Some(greeting) = greeting {
+        info!("ready: {greeting}");
+    }
+    machine::run_console(&mut machine, greeting.is_some())
 }
 
 /// Entered from `lazarus_recovery_start` (boot/src/entry.rs) after the failure path
@@ -224,7 +230,9 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     let mut layout = match plan_memory(&regions, &modules, mbi, &options) {
         Ok(layout) if (layout.arena.start, layout.arena.len()) == anchor_arena => layout,
         _ => {
-            error!("halted: recovery impossible: the memory layout does not come out as at cold boot");
+            error!(
+                "halted: recovery impossible: the memory layout does not come out as at cold boot"
+            );
             instructions::halt_forever()
         }
     };
@@ -235,7 +243,9 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     };
     let cpu = cpu::probe();
     let caps = match (&cpu.vmx, cpu.vmx_unavailable()) {
-        (Ok(vmx), None) => Caps::from_probe(&cpu, vmx, tsc_hz).ok().map(|(caps, _)| caps),
+        (Ok(vmx), None) => Caps::from_probe(&cpu, vmx, tsc_hz)
+            .ok()
+            .map(|(caps, _)| caps),
         _ => None,
     };
     let Some(caps) = caps else {
@@ -276,17 +286,12 @@ extern "C" fn lazarus_recovery_entry() -> ! {
         vms: Some(vms),
         attached: None,
     };
-    run(machine, "recovered; type 'help' for commands")
+    run(machine, None)
 }
 
 /// Turns VMX on, lays out the arena and creates a VM for every module that describes
 /// one. A module with a mistake gets one error line; the others still start.
-fn start_vms(
-    boot: &BootInfo,
-    layout: &mut memory::Layout,
-    caps: Caps,
-    epoch: u64,
-) -> Option<Vms> {
+fn start_vms(boot: &BootInfo, layout: &mut memory::Layout, caps: Caps, epoch: u64) -> Option<Vms> {
     let modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> = boot
         .modules
         .iter()

@@ -82,7 +82,7 @@ impl Anchor {
         self.magic == ANCHOR_MAGIC
             && self.checksum == self.compute_checksum()
             && self.len == expected_len
-            && self.len % 8 == 0
+            && self.len % 64 == 0
             && self.payload % 4096 == 0
             && self.arena_base % 4096 == 0
             && self.arena_size != 0

@@ -26,8 +26,8 @@ use crate::anchor::{pristine_checksum, Anchor, OFFSET_LEN, OFFSET_PAYLOAD, OFFSE
 // 2. Recompute the pristine payload's checksum (rotate-xor, `anchor::pristine_checksum`)
 //    and compare it with the anchor's; a mismatch means the copy itself is damaged, and
 //    copying it would make things worse: print a line on COM1 by polling and halt.
-// 3. Copy the payload over `.text .rodata .data` (REP MOVSB).
-// 4. Zero `.bss` (REP STOSB).
+// 3. Copy the payload over `.text .rodata .data` (REP MOVSQ).
+// 4. Zero `.bss` (REP STOSQ).
 // 5. Jump to `lazarus_recovery_start` (boot/src/entry.rs) in the fresh image.
 //
 // Nothing here calls into the image, and the code and its message live in
@@ -51,13 +51,28 @@ lazarus_microreboot:
     jne 5f
     shr rcx, 3
     xor eax, eax
+    /* Eight words an iteration (the length is a multiple of 4096, so of 64). */
 2:
     test rcx, rcx
     jz 3f
     rol rax, 1
     xor rax, [rsi]
-    add rsi, 8
-    dec rcx
+    rol rax, 1
+    xor rax, [rsi + 8]
+    rol rax, 1
+    xor rax, [rsi + 16]
+    rol rax, 1
+    xor rax, [rsi + 24]
+    rol rax, 1
+    xor rax, [rsi + 32]
+    rol rax, 1
+    xor rax, [rsi + 40]
+    rol rax, 1
+    xor rax, [rsi + 48]
+    rol rax, 1
+    xor rax, [rsi + 56]
+    add rsi, 64
+    sub rcx, 8
     jmp 2b
 3:
     cmp rax, [r12 + {sum}]
@@ -66,13 +81,15 @@ lazarus_microreboot:
     mov rsi, [r12 + {payload}]
     mov rdi, offset __pristine_start
     mov rcx, [r12 + {len}]
-    rep movsb
+    shr rcx, 3
+    rep movsq
     /* 4. */
     mov rdi, offset __bss_start
     mov rcx, offset __bss_end
     sub rcx, rdi
+    shr rcx, 3
     xor eax, eax
-    rep stosb
+    rep stosq
     /* 5. */
     jmp lazarus_recovery_start
 5:
@@ -135,7 +152,8 @@ pub fn anchor() -> Anchor {
 pub fn take_pristine(pristine: Range, arena: Range) -> Result<Anchor, &'static str> {
     let payload = payload();
     let len = payload.len();
-    if pristine.len() < 4096 + len || len % 8 != 0 {
+    // The trampoline sums eight words an iteration; the payload is page-aligned.
+    if pristine.len() < 4096 + len || len % 64 != 0 {
         return Err("the pristine area is too small for the image");
     }
     let dst = pristine.start + 4096;

@@ -5,9 +5,8 @@
 //! Plain fixed-size data with a checksum: a recovery boot trusts it only if the checksum
 //! matches, and then every length is also bound-checked before use.
 
-use super::Fnv;
-use crate::bootinfo::{BootInfo, RegionKind, MAX_CMDLINE, MAX_MODULES, MAX_MODULE_STRING};
 use crate::bootinfo::MAX_REGIONS;
+use crate::bootinfo::{BootInfo, RegionKind, MAX_CMDLINE, MAX_MODULES, MAX_MODULE_STRING};
 use crate::memory::Range;
 
 #[repr(C)]
@@ -91,18 +90,19 @@ impl BootRecord {
         self.checksum = self.compute_checksum();
     }
 
+    /// FNV-1a-style over 64-bit words rather than bytes: a recovery boot computes it,
+    /// and a word at a time is eight times fewer steps.
     fn compute_checksum(&self) -> u64 {
-        let mut h = Fnv::new();
-        // SAFETY: BootRecord is repr(C) plain integers and byte arrays with explicit
-        // padding fields, so every byte before `checksum` is initialised data.
-        let bytes = unsafe {
-            core::slice::from_raw_parts(
-                (self as *const Self).cast::<u8>(),
-                core::mem::offset_of!(BootRecord, checksum),
-            )
-        };
-        h.bytes(bytes);
-        h.finish()
+        const WORDS: usize = core::mem::offset_of!(BootRecord, checksum) / 8;
+        const _: () = assert!(core::mem::offset_of!(BootRecord, checksum) % 8 == 0);
+        // SAFETY: BootRecord is repr(C), 8-aligned (it holds u64s), made of integers and
+        // byte arrays with explicit padding fields and no implicit padding (every part is
+        // a multiple of 8 bytes), so the words before `checksum` are initialised data.
+        let words =
+            unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u64>(), WORDS) };
+        words.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &w| {
+            (h ^ w).wrapping_mul(0x0000_0100_0000_01b3)
+        })
     }
 
     /// Whether the record is intact: checksum and every count within bounds.

@@ -22,8 +22,8 @@ use core::fmt;
 
 pub use boot::BootRecord;
 pub use lock::ArenaLock;
-pub use recovery::{Cause, RecoveryRecord, RecoveryState, Repairs};
 pub use pages::{PageBitmap, PageError, MAX_PAGES};
+pub use recovery::{Cause, RecoveryRecord, RecoveryState, Repairs};
 
 use crate::devices::Devices;
 use crate::vmx::exit::ExitReason;
@@ -750,8 +750,7 @@ impl ArenaRoot {
         })?;
         let arena = (self.header.base, self.header.base + self.header.size);
         let ram = vm_ram(vm);
-        if vm.config.ram_size == 0 || ram.1 <= ram.0 || ram.0 % PAGE != 0 || overlaps(ram, arena)
-        {
+        if vm.config.ram_size == 0 || ram.1 <= ram.0 || ram.0 % PAGE != 0 || overlaps(ram, arena) {
             return Err(ArenaError::RamOutOfBounds { slot });
         }
         for (what, addr) in [
@@ -771,16 +770,18 @@ impl ArenaRoot {
     pub fn conflicts(&self) -> impl Iterator<Item = ArenaError> + '_ {
         let live = |i: usize| self.vms[i].state != VmState::Free as u32;
         (0..MAX_VMS).filter(move |&a| live(a)).flat_map(move |a| {
-            (a + 1..MAX_VMS).filter(move |&b| live(b)).filter_map(move |b| {
-                let (va, vb) = (&self.vms[a], &self.vms[b]);
-                if overlaps(vm_ram(va), vm_ram(vb)) {
-                    Some(ArenaError::RamOverlap { a, b })
-                } else if va.name() == vb.name() {
-                    Some(ArenaError::DuplicateName { a, b })
-                } else {
-                    None
-                }
-            })
+            (a + 1..MAX_VMS)
+                .filter(move |&b| live(b))
+                .filter_map(move |b| {
+                    let (va, vb) = (&self.vms[a], &self.vms[b]);
+                    if overlaps(vm_ram(va), vm_ram(vb)) {
+                        Some(ArenaError::RamOverlap { a, b })
+                    } else if va.name() == vb.name() {
+                        Some(ArenaError::DuplicateName { a, b })
+                    } else {
+                        None
+                    }
+                })
         })
     }
 }

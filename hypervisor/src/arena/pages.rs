@@ -112,8 +112,24 @@ impl PageBitmap {
         if self.pages > MAX_PAGES as u64 {
             return Err(PageError::OutOfRange(self.pages));
         }
-        let counted: u64 = self.bits.iter().map(|w| u64::from(w.count_ones())).sum();
-        let in_range: u64 = (0..self.pages).filter(|&i| self.is_allocated(i)).count() as u64;
+        // Bits past `pages` must be clear; only the words in range are counted (a recovery
+        // boot runs this, and the bitmap is sized for the largest arena).
+        let full = (self.pages / 64) as usize;
+        let tail = self.pages % 64;
+        let tail_mask = (1u64 << tail) - 1;
+        let mut in_range: u64 = self.bits[..full]
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum();
+        let mut stray = 0;
+        if let Some(&w) = self.bits.get(full) {
+            in_range += u64::from((w & tail_mask).count_ones());
+            stray += u64::from((w & !tail_mask).count_ones());
+        }
+        for &w in self.bits.iter().skip(full + 1).filter(|&&w| w != 0) {
+            stray += u64::from(w.count_ones());
+        }
+        let counted = in_range + stray;
         if counted != in_range || counted != self.used {
             return Err(PageError::Inconsistent {
                 counted,

@@ -194,7 +194,10 @@ impl RecoveryState {
         let len = (self.report_len as usize).min(REPORT_LEN);
         let n = text.len().min(REPORT_LEN - len);
         // Cut at a character boundary so the report stays UTF-8.
-        let n = (0..=n).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let n = (0..=n)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
         self.report[len..len + n].copy_from_slice(&text.as_bytes()[..n]);
         self.report_len = (len + n) as u32;
     }

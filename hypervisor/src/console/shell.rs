@@ -127,7 +127,8 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
         "trigger" => match arg {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
-                expected: "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm",
+                expected:
+                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm",
             }),
             Some(kind) => match Trigger::from_name(kind) {
                 Some(t) if t.needs_vm() => {
@@ -284,7 +285,11 @@ mod tests {
         }
         fn fire(&mut self, t: Trigger, _vm: Option<&str>, out: &mut dyn Write) -> fmt::Result {
             self.fired = Some(t);
-            writeln!(out, "error: trigger {}: the failure did not happen", t.name())
+            writeln!(
+                out,
+                "error: trigger {}: the failure did not happen",
+                t.name()
+            )
         }
         fn recovery(&self, out: &mut dyn Write) -> fmt::Result {
             writeln!(out, "recovery: 0 recoveries")

@@ -81,7 +81,10 @@ impl Vms {
         };
         if let Err(e) = self.root.validate_vm(slot) {
             // Its RAM range or pages cannot be trusted: reloading it could write anywhere.
-            return writeln!(out, "error: vm {name}: its record is corrupt ({e}); it cannot be reset");
+            return writeln!(
+                out,
+                "error: vm {name}: its record is corrupt ({e}); it cannot be reset"
+            );
         }
         if let Err(e) = self.reset_guest(slot) {
             vmx_failure("reset", &self.root.vms[slot], e);

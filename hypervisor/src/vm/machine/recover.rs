@@ -3,8 +3,8 @@
 //! walk arena pages. The passes themselves, and their order, are in the `recovery` crate
 //! (DESIGN 6); each step here does one thing and reports what it changed.
 
-use super::*;
 use super::create::controls_for;
+use super::*;
 use crate::vmx::fields::InstructionError;
 
 impl Vms {

@@ -278,7 +278,10 @@ impl Vms {
 /// VM entry must refuse (SDM Vol. 3C §27.2.2: host CR4 must hold the bits fixed to 1 in
 /// VMX operation) with VMfailValid "invalid host-state field".
 fn corrupt_host_state(vm: &VmRecord) {
-    log::warn!("trigger: vmcs-host: clearing CR4.VMXE in vm {}'s host state", vm.name());
+    log::warn!(
+        "trigger: vmcs-host: clearing CR4.VMXE in vm {}'s host state",
+        vm.name()
+    );
     let cr4 = vmx::CurrentVmcs.read(VmcsField::HostCr4).unwrap_or(0);
     let _ = vmx::CurrentVmcs.write(VmcsField::HostCr4, cr4 & !(1 << 13));
 }
