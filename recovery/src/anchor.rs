@@ -40,9 +40,7 @@ const _: () = assert!(core::mem::size_of::<Anchor>() == 64);
 /// adversary, enough against bit flips, and three instructions a word in the trampoline,
 /// which must compute the same value without calling any code it is about to replace.
 pub fn pristine_checksum(words: impl IntoIterator<Item = u64>) -> u64 {
-    words
-        .into_iter()
-        .fold(0u64, |h, w| h.rotate_left(1) ^ w)
+    words.into_iter().fold(0u64, |h, w| h.rotate_left(1) ^ w)
 }
 
 impl Anchor {
@@ -82,9 +80,9 @@ impl Anchor {
         self.magic == ANCHOR_MAGIC
             && self.checksum == self.compute_checksum()
             && self.len == expected_len
-            && self.len % 64 == 0
-            && self.payload % 4096 == 0
-            && self.arena_base % 4096 == 0
+            && self.len.is_multiple_of(64)
+            && self.payload.is_multiple_of(4096)
+            && self.arena_base.is_multiple_of(4096)
             && self.arena_size != 0
     }
 }
@@ -97,7 +95,10 @@ mod tests {
     fn checksum_is_rotate_xor_and_catches_single_bit_flips() {
         let words = [1u64, 2, 3, 0xdead_beef];
         let h = pristine_checksum(words);
-        assert_eq!(h, ((1u64.rotate_left(1) ^ 2).rotate_left(1) ^ 3).rotate_left(1) ^ 0xdead_beef);
+        assert_eq!(
+            h,
+            ((1u64.rotate_left(1) ^ 2).rotate_left(1) ^ 3).rotate_left(1) ^ 0xdead_beef
+        );
         for word in 0..words.len() {
             for bit in 0..64 {
                 let mut flipped = words;

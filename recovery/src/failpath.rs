@@ -153,7 +153,7 @@ pub fn take_pristine(pristine: Range, arena: Range) -> Result<Anchor, &'static s
     let payload = payload();
     let len = payload.len();
     // The trampoline sums eight words an iteration; the payload is page-aligned.
-    if pristine.len() < 4096 + len || len % 64 != 0 {
+    if pristine.len() < 4096 + len || !len.is_multiple_of(64) {
         return Err("the pristine area is too small for the image");
     }
     let dst = pristine.start + 4096;
@@ -210,7 +210,9 @@ pub fn on_failure(failure: &Failure, depth: u32) -> ! {
     }
     let Some(root) = arena() else {
         failure::print_report(failure);
-        log::error!("halted: no recovery possible: no arena (VMX never started or the anchor is damaged)");
+        log::error!(
+            "halted: no recovery possible: no arena (VMX never started or the anchor is damaged)"
+        );
         instructions::halt_forever()
     };
     if depth == 1 {
@@ -252,7 +254,11 @@ fn last_resort(root: &ArenaRoot) -> ! {
         "halted: recovery failed {} times in a row; the VMs were not resumed",
         MAX_ATTEMPTS
     );
-    for vm in root.vms.iter().filter(|vm| vm.state != VmState::Free as u32) {
+    for vm in root
+        .vms
+        .iter()
+        .filter(|vm| vm.state != VmState::Free as u32)
+    {
         log::error!(
             "  vm {}: state={} phase={} exit={} rip_at_exit={:#x}",
             vm.name(),

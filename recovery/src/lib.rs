@@ -24,9 +24,9 @@ pub use machine::repair;
 
 #[cfg(target_os = "none")]
 mod machine {
+    use hypervisor::arch::vmx::CurrentVmcs;
     use hypervisor::arena::recovery::MAX_ATTEMPTS;
     use hypervisor::arena::{Repairs, MAX_VMS};
-    use hypervisor::arch::vmx::CurrentVmcs;
     use hypervisor::failure::{self, Failure};
     use hypervisor::vm::machine::{host_state, Vms};
 
@@ -63,7 +63,10 @@ mod machine {
                 }
                 Err(e) => {
                     let vm = &mut vms.root_mut().vms[slot];
-                    passes::stop(vm, format_args!("EPT corrupt ({e}) and no room to rebuild it"));
+                    passes::stop(
+                        vm,
+                        format_args!("EPT corrupt ({e}) and no room to rebuild it"),
+                    );
                     r.stopped += 1;
                 }
             }
@@ -80,16 +83,19 @@ mod machine {
         for slot in resumable_slots(vms) {
             let controls = vms.controls_of(slot);
             let rolled_back = rolled.rolled_back_slots & (1 << slot) != 0;
-            let result = vms.load_vmcs(slot).map_err(passes::BadGuest::Vmcs).and_then(|()| {
-                passes::rewrite_vmcs(&mut CurrentVmcs, &controls, &host)?;
-                let vm = &vms.root().vms[slot];
-                passes::check_guest_state(&CurrentVmcs, vm, rolled_back, cr_fixed)?;
-                Ok(if rolled_back {
-                    passes::redeliver(&mut CurrentVmcs)?
-                } else {
-                    0
-                })
-            });
+            let result = vms
+                .load_vmcs(slot)
+                .map_err(passes::BadGuest::Vmcs)
+                .and_then(|()| {
+                    passes::rewrite_vmcs(&mut CurrentVmcs, &controls, &host)?;
+                    let vm = &vms.root().vms[slot];
+                    passes::check_guest_state(&CurrentVmcs, vm, rolled_back, cr_fixed)?;
+                    Ok(if rolled_back {
+                        passes::redeliver(&mut CurrentVmcs)?
+                    } else {
+                        0
+                    })
+                });
             match result {
                 Ok(redelivered) => {
                     r.vmcs += 1;

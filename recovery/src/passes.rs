@@ -19,10 +19,7 @@ pub fn live(vm: &VmRecord) -> bool {
 
 /// Whether the VM can run again (runnable, or waiting for an interrupt).
 pub fn resumable(vm: &VmRecord) -> bool {
-    matches!(
-        vm.state(),
-        Some(VmState::Runnable) | Some(VmState::Waiting)
-    )
+    matches!(vm.state(), Some(VmState::Runnable) | Some(VmState::Waiting))
 }
 
 /// Stops a VM whose state recovery cannot trust. The reason starts with "recovery:" so
@@ -68,7 +65,10 @@ pub fn roll_back_exits(root: &mut ArenaRoot) -> RollBack {
             }
             Some(Phase::Committing) if resumable(vm) => {
                 let seq = vm.vcpu.journal.exit_seq;
-                stop(vm, format_args!("exit {seq} was half committed at the failure"));
+                stop(
+                    vm,
+                    format_args!("exit {seq} was half committed at the failure"),
+                );
                 r.stopped += 1;
             }
             _ => {}
@@ -191,7 +191,9 @@ impl fmt::Display for BadGuest {
             Self::Rflags(r) => write!(f, "guest RFLAGS {r:#x} invalid"),
             Self::Cr0(c) => write!(f, "guest CR0 {c:#x} violates the VMX fixed bits"),
             Self::Cr4(c) => write!(f, "guest CR4 {c:#x} violates the VMX fixed bits"),
-            Self::LongModeMismatch => f.write_str("guest EFER.LMA disagrees with the entry controls"),
+            Self::LongModeMismatch => {
+                f.write_str("guest EFER.LMA disagrees with the entry controls")
+            }
         }
     }
 }

@@ -750,7 +750,11 @@ impl ArenaRoot {
         })?;
         let arena = (self.header.base, self.header.base + self.header.size);
         let ram = vm_ram(vm);
-        if vm.config.ram_size == 0 || ram.1 <= ram.0 || ram.0 % PAGE != 0 || overlaps(ram, arena) {
+        if vm.config.ram_size == 0
+            || ram.1 <= ram.0
+            || !ram.0.is_multiple_of(PAGE)
+            || overlaps(ram, arena)
+        {
             return Err(ArenaError::RamOutOfBounds { slot });
         }
         for (what, addr) in [
