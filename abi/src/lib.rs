@@ -28,7 +28,29 @@ pub enum Hypercall {
     Yield = 2,
     /// `power_off()`: stops this VM for good. Does not return.
     PowerOff = 3,
+    /// `trigger(kind, count)`: for tests only, and only when the hypervisor was booted
+    /// with `triggers=on` (otherwise [`Error::Unknown`]): once this hypercall is
+    /// committed (RAX = 0, RIP past VMCALL), the hypervisor fails on purpose with failure
+    /// trigger number `kind` ([`TRIGGERS`]); `count` is how many recoveries in a row the
+    /// `recovery-fail` trigger makes fail (1 for the others). [`Error::Invalid`] for an
+    /// unknown kind or a count of 0 or over 8.
+    Trigger = 4,
 }
+
+/// The failure triggers a `trigger` hypercall names, by number (the same names as the
+/// console's `trigger KIND`).
+pub const TRIGGERS: [&str; 10] = [
+    "panic",
+    "pf",
+    "gp",
+    "ud",
+    "de",
+    "bp",
+    "vmcs-host",
+    "mid-exit",
+    "recovery-fail",
+    "corrupt-vm",
+];
 
 impl Hypercall {
     pub fn from_number(n: u64) -> Option<Self> {
@@ -37,6 +59,7 @@ impl Hypercall {
             1 => Some(Self::VmIdentity),
             2 => Some(Self::Yield),
             3 => Some(Self::PowerOff),
+            4 => Some(Self::Trigger),
             _ => None,
         }
     }
@@ -52,6 +75,7 @@ impl Hypercall {
             Self::VmIdentity => "vm_identity",
             Self::Yield => "yield",
             Self::PowerOff => "power_off",
+            Self::Trigger => "trigger",
         }
     }
 }

@@ -139,6 +139,9 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
     if let Some(vms) = vms.as_mut() {
         vms.root_mut().boot.save(&boot, tsc_hz, epoch, epoch_tsc);
         vms.note_cold_boot(entered);
+        if options.triggers {
+            vms.enable_triggers();
+        }
         match recovery::take_pristine(layout.pristine, layout.arena) {
             Ok(anchor) => info!(
                 "recovery: armed: pristine copy of {} at {:#x} (checksum {:#018x}), arena {} at {:#x}",
@@ -264,6 +267,9 @@ extern "C" fn lazarus_recovery_entry() -> ! {
             },
         }),
     };
+    if options.triggers {
+        vms.enable_triggers();
+    }
     vms.root_mut().recovery.current.t_boot = instructions::rdtsc();
     let mut repairs = recovery::repair(&mut vms);
     repairs.stopped += vms.adopt_ram(&mut layout.free);

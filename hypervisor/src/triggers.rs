@@ -169,6 +169,12 @@ mod tests {
             "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm"
         );
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
+        for (n, name) in abi::TRIGGERS.iter().enumerate() {
+            assert_eq!(
+                Trigger::from_number(n as u64).map(Trigger::name),
+                Some(*name)
+            );
+        }
         assert_eq!(Trigger::from_number(99), None);
         assert!(arm(Trigger::MidExit) && take_mid_exit() && !take_mid_exit());
         assert!(!arm(Trigger::Panic));

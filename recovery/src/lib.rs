@@ -50,7 +50,7 @@ mod machine {
         r.stopped += passes::check_vms(root);
         r.devices += passes::check_consoles(root);
         if root.recovery.fail_next_recovery != 0 {
-            root.recovery.fail_next_recovery = 0;
+            root.recovery.fail_next_recovery -= 1;
             panic!("trigger: deliberate panic during recovery, after the first repair passes");
         }
         vms.reset_scheduler();

@@ -476,3 +476,82 @@ pub fn parse_size(text: &str) -> Option<u64> {
     };
     Some((number * scale as f64) as u64)
 }
+
+/// The Linux guest's workload lines, checked the way every Linux test checks them
+/// (docs/linux-guest.md).
+pub mod linux {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use crate::{linux_cpu_sum, linux_file_sum, Machine, Regex};
+
+    /// The guest kernel command line the tests use (`quiet cryptomgr.notests` saves about
+    /// 7 s per boot in Bochs); tests append `lzpause=`, `lzsteps=` and such.
+    pub const CMDLINE: &str =
+        "console=ttyS0,115200 panic=-1 mitigations=off quiet cryptomgr.notests";
+
+    /// How long [`wait_steps`] waits.
+    pub const RUN: Duration = Duration::from_secs(300);
+
+    /// Per VM and workload, the last sequence number seen, after checking every line so
+    /// far: the checksum is the one step N must produce, the sequence has no gap (a VM
+    /// that started again begins again at 0), uptime never goes backwards within one boot.
+    pub fn checked(m: &Machine) -> HashMap<(String, String), u64> {
+        let re = Regex::new(r"^\[([a-z0-9_-]+)\] lazarus-guest: (cpu|file) seq=(\d+) sum=([0-9a-f]{64})( ok)? uptime=([\d.]+)$").unwrap();
+        let mut last: HashMap<(String, String), u64> = HashMap::new();
+        let mut uptime: HashMap<String, f64> = HashMap::new();
+        for line in m.lines() {
+            if let Some(vm) = line
+                .strip_suffix("] lazarus-guest: init started")
+                .or_else(|| {
+                    line.split_once("] lazarus-guest: init started")
+                        .map(|(v, _)| v)
+                })
+            {
+                // A (re)boot: sequences and uptime start again.
+                let vm = vm.trim_start_matches('[').to_string();
+                last.retain(|(v, _), _| *v != vm);
+                uptime.remove(&vm);
+                continue;
+            }
+            assert!(
+                !line.contains("CORRUPT") && !line.contains("lazarus-guest: error"),
+                "guest reported: {line}"
+            );
+            let Some(c) = re.captures(&line) else {
+                continue;
+            };
+            let (vm, work, n) = (
+                c[1].to_string(),
+                c[2].to_string(),
+                c[3].parse::<u64>().unwrap(),
+            );
+            let expected = if work == "cpu" {
+                linux_cpu_sum(n)
+            } else {
+                linux_file_sum(n)
+            };
+            assert_eq!(&c[4], expected, "wrong checksum: {line}");
+            let key = (vm.clone(), work);
+            let next = last.get(&key).map_or(0, |p| p + 1);
+            assert_eq!(n, next, "sequence gap: {line}");
+            last.insert(key, n);
+            let t: f64 = c[6].parse().unwrap();
+            let prev = uptime.insert(vm, t).unwrap_or(0.0);
+            assert!(t >= prev, "uptime went backwards: {line}");
+        }
+        last
+    }
+
+    /// The file steps VM `vm` has completed (checked, as [`checked`] does).
+    pub fn steps(m: &Machine, vm: &str) -> u64 {
+        checked(m)
+            .get(&(vm.to_string(), "file".to_string()))
+            .map_or(0, |n| n + 1)
+    }
+
+    /// Waits until VM `vm` has completed `n` file steps (and so `n` cpu steps).
+    pub fn wait_steps(m: &mut Machine, vm: &str, n: u64) {
+        m.wait_for_text(&format!("[{vm}] lazarus-guest: file seq={} ", n - 1), RUN);
+    }
+}

@@ -3,79 +3,13 @@
 //! line, a VM that powers itself off, a VM reset while the others go on, and bad module
 //! lines refused while the good VMs run. Guest lines: docs/linux-guest.md.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use lazarus_tests::{
-    image_with_modules, linux_cpu_sum, linux_file_sum, linux_guest, work_dir, Firmware, Machine,
-    Platform, Regex,
-};
+use lazarus_tests::linux::{checked, steps, wait_steps, CMDLINE, RUN};
+use lazarus_tests::{image_with_modules, linux_guest, work_dir, Firmware, Machine, Platform};
 
 const BOOT: Duration = Duration::from_secs(120);
-const RUN: Duration = Duration::from_secs(300);
-const CMDLINE: &str = "console=ttyS0,115200 panic=-1 mitigations=off quiet cryptomgr.notests";
-
-/// Per VM and workload, the last sequence number seen, after checking every line so far:
-/// the checksum is the one step N must produce, the sequence has no gap (a VM that
-/// started again begins again at 0), uptime never goes backwards within one boot.
-fn checked(m: &Machine) -> HashMap<(String, String), u64> {
-    let re = Regex::new(r"^\[([a-z0-9_-]+)\] lazarus-guest: (cpu|file) seq=(\d+) sum=([0-9a-f]{64})( ok)? uptime=([\d.]+)$").unwrap();
-    let mut last: HashMap<(String, String), u64> = HashMap::new();
-    let mut uptime: HashMap<String, f64> = HashMap::new();
-    for line in m.lines() {
-        if let Some(vm) = line
-            .strip_suffix("] lazarus-guest: init started")
-            .or_else(|| {
-                line.split_once("] lazarus-guest: init started")
-                    .map(|(v, _)| v)
-            })
-        {
-            // A (re)boot: sequences and uptime start again.
-            let vm = vm.trim_start_matches('[').to_string();
-            last.retain(|(v, _), _| *v != vm);
-            uptime.remove(&vm);
-            continue;
-        }
-        assert!(
-            !line.contains("CORRUPT") && !line.contains("lazarus-guest: error"),
-            "guest reported: {line}"
-        );
-        let Some(c) = re.captures(&line) else {
-            continue;
-        };
-        let (vm, work, n) = (
-            c[1].to_string(),
-            c[2].to_string(),
-            c[3].parse::<u64>().unwrap(),
-        );
-        let expected = if work == "cpu" {
-            linux_cpu_sum(n)
-        } else {
-            linux_file_sum(n)
-        };
-        assert_eq!(&c[4], expected, "wrong checksum: {line}");
-        let key = (vm.clone(), work);
-        let next = last.get(&key).map_or(0, |p| p + 1);
-        assert_eq!(n, next, "sequence gap: {line}");
-        last.insert(key, n);
-        let t: f64 = c[6].parse().unwrap();
-        let prev = uptime.insert(vm, t).unwrap_or(0.0);
-        assert!(t >= prev, "uptime went backwards: {line}");
-    }
-    last
-}
-
-fn steps(m: &Machine, vm: &str) -> u64 {
-    checked(m)
-        .get(&(vm.to_string(), "file".to_string()))
-        .map_or(0, |n| n + 1)
-}
-
-/// Waits until VM `vm` has completed `n` file steps (and so `n` cpu steps).
-fn wait_steps(m: &mut Machine, vm: &str, n: u64) {
-    m.wait_for_text(&format!("[{vm}] lazarus-guest: file seq={} ", n - 1), RUN);
-}
 
 fn boot(name: &str, modules: &[(&Path, &str)]) -> Machine {
     let dir = work_dir(name);

@@ -20,6 +20,12 @@ pub struct Args<'a> {
     pub addr: Option<u64>,
     /// The first known key whose value did not parse; that key keeps its default.
     pub bad: Option<BadValue<'a>>,
+    /// `trigger=KIND`: in `work` mode, make the hypervisor fail (the `trigger`
+    /// hypercall) after `trigger-after=` iterations (default 3), with `trigger-count=`
+    /// (default 1).
+    pub trigger: Option<&'a [u8]>,
+    pub trigger_after: u64,
+    pub trigger_count: u64,
 }
 
 /// A known key whose value does not parse.
@@ -39,6 +45,9 @@ pub fn parse(args: &[u8]) -> Args<'_> {
         burn: 0,
         addr: None,
         bad: None,
+        trigger: None,
+        trigger_after: 3,
+        trigger_count: 1,
     };
     for word in args.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
         let Some(eq) = word.iter().position(|&b| b == b'=') else {
@@ -54,6 +63,12 @@ pub fn parse(args: &[u8]) -> Args<'_> {
                 .map(|k| parsed.iterations = Some(k))
                 .is_some(),
             b"burn" => decimal(value).map(|n| parsed.burn = n).is_some(),
+            b"trigger" => {
+                parsed.trigger = Some(value);
+                !value.is_empty()
+            }
+            b"trigger-after" => decimal(value).map(|n| parsed.trigger_after = n).is_some(),
+            b"trigger-count" => decimal(value).map(|n| parsed.trigger_count = n).is_some(),
             b"addr" => hex(value)
                 .filter(|&a| a < PHYSICAL_LIMIT)
                 .map(|a| parsed.addr = Some(a))

@@ -59,6 +59,13 @@ pub fn vm_identity(name: &mut [u8]) -> u64 {
     }
 }
 
+/// `trigger(kind, count)`: the hypervisor fails on purpose after committing this call
+/// (when booted with `triggers=on`); the VM resumes here after the recovery.
+pub fn trigger(kind: u64, count: u64) -> u64 {
+    // SAFETY: `trigger` takes two numbers and touches no guest memory.
+    unsafe { call(Hypercall::Trigger as u64, kind, count, 0) }
+}
+
 /// A hypercall number the ABI does not define, with zero arguments.
 pub fn undefined(number: u64) -> u64 {
     // SAFETY: the ABI answers an unknown number with `Error::Unknown` and no other effect;

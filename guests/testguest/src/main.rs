@@ -18,6 +18,9 @@
 //! | `iterations=K` | `work`: power off after K iterations (decimal) | run forever |
 //! | `burn=N` | `work`: N extra rounds of CPU work per iteration (decimal) | 0 |
 //! | `addr=0xHEX` | `wild-*`: the guest-physical target (hex, `0x` optional, below 2^52) | required |
+//! | `trigger=KIND` | `work`: after iteration `trigger-after`, the `trigger` hypercall with this failure trigger (`abi::TRIGGERS`; the hypervisor needs `triggers=on`) | none |
+//! | `trigger-after=N` | `work`: the iteration after which `trigger=` fires (decimal) | 3 |
+//! | `trigger-count=C` | `work`: the hypercall's count (recoveries `recovery-fail` makes fail) | 1 |
 //!
 //! # Output
 //!
@@ -54,6 +57,9 @@
 //!   `seq=N sum=0xHHHHHHHHHHHHHHHH expected=0xHHHHHHHHHHHHHHHH CORRUPT` (`sum` is what
 //!   was read back, `expected` what was written). In an `ok` line, `sum` must equal
 //!   `pattern_checksum(N)` below.
+//! * With `trigger=KIND`: `trigger KIND result=R` after line `seq=N` for N =
+//!   `trigger-after`, once the hypervisor has failed and recovered (R = 0), or at once
+//!   with the error (`-1` when triggers are off, `-3` for an unknown KIND or bad count).
 //! * With `iterations=K`: `done seq=K` after line `seq=K`, then power-off (`done seq=0`
 //!   at once for K = 0).
 //!

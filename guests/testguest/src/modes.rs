@@ -50,6 +50,9 @@ pub fn work(args: &Args) -> ! {
         let read = workload::checksum(black_box(&buffer.0));
         if read == written {
             println!("seq={} sum=0x{:016x} ok", n, read);
+            if args.trigger.is_some() && n == args.trigger_after {
+                trigger(args);
+            }
         } else {
             println!(
                 "seq={} sum=0x{:016x} expected=0x{:016x} CORRUPT",
@@ -58,6 +61,18 @@ pub fn work(args: &Args) -> ! {
         }
         n += 1;
     }
+}
+
+/// `trigger=KIND`: asks the hypervisor to fail on purpose (test builds of Lazarus only,
+/// `triggers=on`) and prints the result once the VM runs again: `trigger KIND result=R`.
+fn trigger(args: &Args) {
+    let kind = args.trigger.unwrap_or(b"");
+    let number = abi::TRIGGERS
+        .iter()
+        .position(|name| name.as_bytes() == kind)
+        .map_or(u64::MAX, |n| n as u64);
+    let result = hypercall::trigger(number, args.trigger_count);
+    println!("trigger {} result={}", Text(kind), result as i64);
 }
 
 /// The one-off checks of how the VM sees the machine, each printing what it found.

@@ -152,7 +152,8 @@ pub struct RecoveryState {
     pub report_len: u32,
     /// The failure report text, lines separated by '\n'.
     pub report: [u8; REPORT_LEN],
-    /// Test trigger `recovery-fail`: 1 makes the next recovery fail once, mid-repair.
+    /// Test trigger `recovery-fail`: how many of the next recovery attempts fail on
+    /// purpose, mid-repair.
     pub fail_next_recovery: u32,
     pub _pad: u32,
     /// Completed recoveries: `log[(n - 1) % RECOVERY_LOG]` is number n.

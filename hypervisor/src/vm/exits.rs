@@ -60,6 +60,9 @@ pub trait Host {
     fn cr_fixed(&self) -> [u64; 4];
     /// The TSC frequency in Hz (the guest's TSC runs at the host's rate).
     fn tsc_hz(&self) -> u64;
+    /// Whether the failure triggers are enabled (`triggers=on`): the `trigger` hypercall
+    /// exists only then.
+    fn triggers_enabled(&self) -> bool;
 }
 
 /// What happens to the VM after the commit.
@@ -115,6 +118,9 @@ pub struct Effect {
     pub devices: Option<crate::devices::Devices>,
     /// Bytes the guest sent out of its serial port.
     pub serial_out: heapless::Vec<u8, 16>,
+    /// A failure trigger to fire once the exit is committed (`trigger` hypercall):
+    /// the trigger and its count.
+    pub trigger: Option<(crate::triggers::Trigger, u32)>,
     pub counts: Counts,
     pub outcome: Outcome,
 }
@@ -132,6 +138,7 @@ impl Effect {
             msrs: None,
             devices: None,
             serial_out: heapless::Vec::new(),
+            trigger: None,
             counts: Counts::default(),
             outcome: Outcome::Resume,
         }
@@ -175,7 +182,7 @@ pub fn handle(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, host: &impl Ho
         ExitReason::Hlt => hlt(exit, e),
         // The guest can take the interrupt now; the next entry injects it.
         ExitReason::InterruptWindow => e,
-        ExitReason::Vmcall => vmcall(exit, vm, mem, e),
+        ExitReason::Vmcall => vmcall(exit, vm, mem, host.triggers_enabled(), e),
         ExitReason::Rdmsr => rdmsr(exit, vm, host, e),
         ExitReason::Wrmsr => wrmsr(exit, vm, host, e),
         ExitReason::EptViolation => ept_violation(exit, e),
@@ -371,8 +378,8 @@ fn hlt(exit: &Exit, e: Effect) -> Effect {
 }
 
 /// VMCALL: a hypercall (see `abi`). Advances RIP (also on error: the error is the result).
-fn vmcall(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, e: Effect) -> Effect {
-    hypercall::dispatch(exit, vm, mem, e.advance(exit))
+fn vmcall(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, triggers: bool, e: Effect) -> Effect {
+    hypercall::dispatch(exit, vm, mem, triggers, e.advance(exit))
 }
 
 /// MSR indices Lazarus emulates (SDM Vol. 4, chapter 2).

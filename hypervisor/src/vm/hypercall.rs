@@ -15,11 +15,20 @@ fn fail(mut e: Effect, err: Error) -> Effect {
     e
 }
 
-/// Dispatches the hypercall in RAX. `e` already advances RIP past VMCALL.
-pub fn dispatch(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, mut e: Effect) -> Effect {
+/// Dispatches the hypercall in RAX. `e` already advances RIP past VMCALL. `triggers`:
+/// whether the test-only `trigger` hypercall exists (`triggers=on`).
+pub fn dispatch(
+    exit: &Exit,
+    vm: &VmRecord,
+    mem: &impl GuestMemory,
+    triggers: bool,
+    mut e: Effect,
+) -> Effect {
     e.counts.hypercalls = 1;
     let regs = vm.vcpu.regs;
-    let Some(call) = Hypercall::from_number(regs.rax) else {
+    let Some(call) =
+        Hypercall::from_number(regs.rax).filter(|&c| c != Hypercall::Trigger || triggers)
+    else {
         return fail(e, Error::Unknown);
     };
     if exit.cpl != 0 && !call.user_allowed() {
@@ -61,6 +70,17 @@ pub fn dispatch(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, mut e: Effec
         Hypercall::PowerOff => {
             e.regs.rax = 0;
             e.outcome = Outcome::PowerOff;
+        }
+        Hypercall::Trigger => {
+            let trigger = crate::triggers::Trigger::from_number(regs.rdi);
+            let count = regs.rsi;
+            match trigger {
+                Some(t) if (1..=8).contains(&count) => {
+                    e.trigger = Some((t, count as u32));
+                    e.regs.rax = 0;
+                }
+                _ => return fail(e, Error::Invalid),
+            }
         }
     }
     e

@@ -42,6 +42,9 @@ impl Host for FakeHost {
     fn tsc_hz(&self) -> u64 {
         50_000_000
     }
+    fn triggers_enabled(&self) -> bool {
+        true
+    }
     fn cr_fixed(&self) -> [u64; 4] {
         // CR0: PE, NE, PG fixed to 1; CR4: VMXE fixed to 1 (Skylake-like values).
         [0x8000_0021, 0xffff_ffff, 0x2000, 0x3f_ffff]

@@ -102,6 +102,7 @@ impl Vms {
             slice_end: 0,
             modules: modules.iter().copied().collect(),
             cold_boot: None,
+            triggers: false,
         })
     }
 

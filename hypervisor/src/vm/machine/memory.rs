@@ -86,6 +86,7 @@ impl GuestMemoryMut for Ram {
 
 pub(super) struct RealHost<'a> {
     pub(super) caps: &'a Caps,
+    pub(super) triggers: bool,
 }
 
 impl Host for RealHost<'_> {
@@ -104,6 +105,9 @@ impl Host for RealHost<'_> {
     }
     fn tsc_hz(&self) -> u64 {
         self.caps.tsc_hz
+    }
+    fn triggers_enabled(&self) -> bool {
+        self.triggers
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Vms {
     /// Host TSC at the cold boot's first instruction, until the first VM entry reports
     /// how long the boot took (the benchmark's comparison figure).
     cold_boot: Option<u64>,
+    /// Whether the failure triggers are enabled (`triggers=on`), for the `trigger`
+    /// hypercall.
+    triggers: bool,
 }
 
 /// VMX facts gathered once at boot.

@@ -96,7 +96,10 @@ impl Vms {
         if exit.reason == ExitReason::ExternalInterrupt {
             acknowledge_external(exit.interruption_info);
         }
-        let host = RealHost { caps: &caps };
+        let host = RealHost {
+            caps: &caps,
+            triggers: self.triggers,
+        };
         let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
         if crate::triggers::take_mid_exit() {
             panic!(
@@ -107,6 +110,7 @@ impl Vms {
             );
         }
         let mut ram = Ram::of(vm);
+        let trigger = effect.trigger;
         vm.vcpu.journal.phase = Phase::Committing as u32;
         let unclaimed_before = vm.stats.unclaimed_io;
         let msrs_before = vm.vcpu.msrs;
@@ -147,6 +151,9 @@ impl Vms {
         // The whole step (entry, guest time, exit handling) is charged to the VM.
         vm.stats.guest_tsc += rdtsc().saturating_sub(now);
         self.apply(slot, outcome);
+        if let Some((trigger, count)) = trigger {
+            self.fire_from_guest(slot, trigger, count);
+        }
         self.root.running = 0;
         if self.root.recovery.pending_print != 0 {
             self.finish_recovery(entered);
@@ -159,6 +166,30 @@ impl Vms {
             );
         }
         true
+    }
+
+    /// The `trigger` hypercall, after its exit was committed: the failure happens with
+    /// this VM's exit in flight (so `recovery-fail` with a count of 3 or more ends with
+    /// this VM stopped, DESIGN 6's policy for repeated recovery failures).
+    fn fire_from_guest(&mut self, slot: usize, trigger: crate::triggers::Trigger, count: u32) {
+        use crate::triggers::Trigger;
+        let vm = &self.root.vms[slot];
+        log::warn!(
+            "trigger: vm {} fires '{}' (count {count})",
+            vm.name(),
+            trigger.name()
+        );
+        match trigger {
+            Trigger::RecoveryFail => self.root.recovery.fail_next_recovery = count,
+            Trigger::CorruptVm => self.root.vms[slot].config_checksum ^= 1,
+            _ => {}
+        }
+        crate::triggers::fire(trigger);
+    }
+
+    /// Enables the `trigger` hypercall (`triggers=on`).
+    pub fn enable_triggers(&mut self) {
+        self.triggers = true;
     }
 
     /// Remembers when the cold boot started (see [`Vms::step`]).
