@@ -169,8 +169,9 @@ impl Vms {
     }
 
     /// The `trigger` hypercall, after its exit was committed: the failure happens with
-    /// this VM's exit in flight (so `recovery-fail` with a count of 3 or more ends with
-    /// this VM stopped, DESIGN 6's policy for repeated recovery failures).
+    /// this VM's exit in flight. So `recovery-fail` with a count of 2 makes two recovery
+    /// attempts fail and the third stop this VM (DESIGN 6's policy for repeated recovery
+    /// failures); a count of 3 exhausts the attempts and the hypervisor halts.
     fn fire_from_guest(&mut self, slot: usize, trigger: crate::triggers::Trigger, count: u32) {
         use crate::triggers::Trigger;
         let vm = &self.root.vms[slot];
