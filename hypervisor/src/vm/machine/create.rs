@@ -326,7 +326,10 @@ impl Vms {
                 // SAFETY: that VM's VMCS page, initialised when it was created.
                 unsafe { vmx::vmptrld(self.root.vms[previous].vcpu.vmcs)? };
             }
-            _ => self.current = None,
+            _ => {
+                self.current = None;
+                self.root.fpu_owner = 0;
+            }
         }
         Ok(())
     }

@@ -283,6 +283,10 @@ impl Vms {
         if let Some(p) = self.current.filter(|&p| p != next) {
             let vm = &mut self.root.vms[p];
             save_fpu(vm);
+            // From here the registers may hold either VM's state: recovery must not save
+            // them into `p`'s record (see `fpu_owner`).
+            self.root.fpu_owner = 0;
+            let vm = &mut self.root.vms[p];
             // SWAPGS changes IA32_KERNEL_GS_BASE without an exit: keep the live value.
             // SAFETY: the MSR exists on every x86-64 CPU; reading it has no side effect.
             vm.vcpu.msrs.kernel_gs_base =
