@@ -93,17 +93,7 @@ impl Vms {
             ArenaRoot::root_pages(),
             root.pages.pages() - root.pages.used()
         );
-        Ok(Vms {
-            root,
-            caps,
-            current: None,
-            last: None,
-            epoch,
-            slice_end: 0,
-            modules: modules.iter().copied().collect(),
-            cold_boot: None,
-            triggers: false,
-        })
+        Ok(Vms::over(root, caps, modules, epoch))
     }
 
     /// Creates every VM the boot modules describe (their strings, by module index). Each

@@ -66,6 +66,24 @@ pub struct Vms {
     triggers: bool,
 }
 
+impl Vms {
+    /// The transient state over an arena `root` (fresh or adopted): nothing current,
+    /// nothing scheduled yet.
+    fn over(root: &'static mut ArenaRoot, caps: Caps, modules: &[Range], epoch: u64) -> Vms {
+        Vms {
+            root,
+            caps,
+            current: None,
+            last: None,
+            epoch,
+            slice_end: 0,
+            modules: modules.iter().copied().collect(),
+            cold_boot: None,
+            triggers: false,
+        }
+    }
+}
+
 /// VMX facts gathered once at boot.
 #[derive(Clone, Copy)]
 pub struct Caps {

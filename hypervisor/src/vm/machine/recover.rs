@@ -40,17 +40,7 @@ impl Vms {
         } else {
             on.map_err(StartError::Vmxon)?;
         }
-        Ok(Vms {
-            root,
-            caps,
-            current: None,
-            last: None,
-            epoch,
-            slice_end: 0,
-            modules: modules.iter().copied().collect(),
-            cold_boot: None,
-            triggers: false,
-        })
+        Ok(Vms::over(root, caps, modules, epoch))
     }
 
     pub fn root(&self) -> &ArenaRoot {
