@@ -116,6 +116,24 @@ lazarus_microreboot:
     sum = const OFFSET_SUM,
 );
 
+// Step 1 of the failure path: continue on the recovery stack (the failing stack may be
+// what broke). RDI = the new stack top (16-aligned), RSI and EDX = the two arguments,
+// RCX = the function, which never returns. After the CALL the callee sees RSP = 8 mod 16,
+// as the System V ABI wants.
+global_asm!(
+    r#"
+    .section .recovery_text, "ax"
+    .global lazarus_call_on_stack
+lazarus_call_on_stack:
+    mov rsp, rdi
+    xor ebp, ebp
+    mov rdi, rsi
+    mov esi, edx
+    call rcx
+    ud2
+    "#
+);
+
 unsafe extern "C" {
     static mut recovery_anchor: Anchor;
     static __pristine_start: u8;
@@ -123,7 +141,19 @@ unsafe extern "C" {
     static __data_start: u8;
     static __data_stash: u8;
     fn lazarus_microreboot(anchor: *const Anchor) -> !;
+    static recovery_stack_top: u8;
+    fn lazarus_call_on_stack(
+        top: u64,
+        failure: *const core::ffi::c_void,
+        depth: u32,
+        then: extern "C" fn(*const core::ffi::c_void, u32) -> !,
+    ) -> !;
 }
+
+/// Bytes of the recovery stack each nesting depth gets: a failure inside the failure
+/// path continues below the frames of the first, so it cannot overwrite what the first
+/// is still reading.
+const STACK_PER_DEPTH: u64 = 32 * 1024;
 
 fn addr(symbol: *const u8) -> u64 {
     symbol as u64
@@ -201,9 +231,21 @@ pub fn arena() -> Option<&'static mut ArenaRoot> {
 }
 
 /// The failure hook `boot` installs (DESIGN 6, the failure path). Never returns: it
-/// ends in the trampoline, or, when recovery is impossible or has failed too often, in a
-/// halt with a diagnostic dump.
+/// switches to the recovery stack and ends in the trampoline, or, when recovery is
+/// impossible or has failed too often, in a halt with a diagnostic dump.
 pub fn on_failure(failure: &Failure, depth: u32) -> ! {
+    let top =
+        addr(&raw const recovery_stack_top) - u64::from(depth.clamp(1, 2) - 1) * STACK_PER_DEPTH;
+    let failure = (failure as *const Failure).cast::<core::ffi::c_void>();
+    // SAFETY: `top` is inside the recovery stack (64 KiB in `.stacks`, used by nothing
+    // else), 16-aligned; `failure` stays valid: it lives on the failing stack, which is
+    // left as it is. `continue_failure` never returns.
+    unsafe { lazarus_call_on_stack(top, failure, depth, continue_failure) }
+}
+
+extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) -> ! {
+    // SAFETY: the `&Failure` that `on_failure` was given, whose frame is never popped.
+    let failure = unsafe { &*failure.cast::<Failure>() };
     if depth > 2 {
         serial::write_str("\n[lazarus] ERROR halted: the failure path keeps failing\n");
         instructions::halt_forever();
