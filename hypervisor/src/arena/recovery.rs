@@ -228,3 +228,6 @@ impl fmt::Write for RecoveryState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
