@@ -155,3 +155,6 @@ impl BootRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
