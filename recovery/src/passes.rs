@@ -92,7 +92,8 @@ pub fn check_vms(root: &mut ArenaRoot) -> u32 {
             stopped += u32::from(!already);
         }
     }
-    let conflicts: heapless::Vec<_, 64> = root.conflicts().take(64).collect();
+    // Every pair of 16 slots can conflict: room for all 120.
+    let conflicts: heapless::Vec<_, { MAX_VMS * (MAX_VMS - 1) / 2 }> = root.conflicts().collect();
     for e in conflicts {
         let b = match e {
             hypervisor::arena::ArenaError::RamOverlap { b, .. }
@@ -236,7 +237,7 @@ pub fn check_guest_state(
     let [f0, f1, g0, g1] = cr_fixed;
     let cr0 = v.read(F::GuestCr0)?;
     let must0 = f0 & !((1 << 0) | (1 << 31));
-    if cr0 & must0 != must0 || cr0 & !f1 & 0xffff_ffff != 0 {
+    if cr0 & must0 != must0 || cr0 & !f1 != 0 {
         return Err(BadGuest::Cr0(cr0));
     }
     let cr4 = v.read(F::GuestCr4)?;

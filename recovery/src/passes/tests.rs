@@ -508,7 +508,6 @@ fn stale_records_in_free_slots_do_not_conflict() {
 }
 
 #[test]
-#[ignore = "bug: check_vms collects at most 64 conflicts, but 16 slots make up to 120 pairs; a conflicting VM past the 64th pair keeps running"]
 fn every_conflicting_vm_is_stopped_however_many_conflicts_there_are() {
     // Slots 0-11 share one RAM range (66 pairs), slots 12 and 13 share another.
     let mut root = arena();
@@ -1001,7 +1000,6 @@ fn cr0_must_respect_the_fixed_bits_except_pe_and_pg() {
 }
 
 #[test]
-#[ignore = "bug: check_guest_state masks CR0 to 32 bits before applying FIXED1, so CR0 bits 63:32 (fixed to 0, as FIXED1's high half is 0) pass the check and the VM entry fails instead"]
 fn cr0_high_bits_violate_fixed1() {
     let mut v = long_mode_guest();
     let cr0 = 0x8005_0033 | 1 << 32;
