@@ -137,6 +137,7 @@ pub fn run_console(machine: &mut BootMachine) -> ! {
     serial::write_str(PROMPT);
     serial::set_prompt_line(&[PROMPT.as_bytes()]);
     loop {
+        hypervisor::watchdog::pet();
         let Some(byte) = serial::try_read_byte() else {
             let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
             if !ran {

@@ -125,6 +125,9 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         c.pin, c.proc, c.proc2, c.exit, c.entry
     );
     pic::remap_and_mask();
+    if let Err(e) = hypervisor::watchdog::start(boot.rsdp.map(|r| (r.rsdt, r.xsdt))) {
+        warn!("watchdog: not armed: {e}; hangs will not be detected");
+    }
     let mut layout = layout;
     let vms = start_vms(&boot, &mut layout, caps);
 
@@ -139,6 +142,7 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
     if !options.console_input {
         info!("ready: console input disabled (console=off); running the VMs");
         loop {
+            hypervisor::watchdog::pet();
             let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
             if !ran {
                 instructions::pause();

@@ -23,6 +23,11 @@ pub enum Failure<'a> {
         vm: &'a str,
         error: crate::vmx::fields::VmxError,
     },
+    /// The watchdog saw no progress for `HANG_MS` (the NMI interrupted `frame`).
+    Hang {
+        rip: u64,
+        frame: &'a ExceptionFrame,
+    },
 }
 
 /// The first line of the report: `hypervisor failure: ...` (documented in the README).
@@ -48,6 +53,11 @@ impl fmt::Display for Failure<'_> {
                 f,
                 "hypervisor failure: vmx: {what} failed for vm {vm}: {error}"
             ),
+            Failure::Hang { rip, .. } => write!(
+                f,
+                "hypervisor failure: hang: no progress for {} ms (rip={rip:#x})",
+                crate::watchdog::HANG_MS
+            ),
         }
     }
 }
@@ -72,6 +82,7 @@ pub fn fail(failure: &Failure) -> ! {
         crate::arch::instructions::halt_forever();
     }
     crate::arch::instructions::disable_interrupts();
+    crate::watchdog::disarm();
     // SAFETY: interrupts are masked and Lazarus runs one CPU so far: whoever held the
     // console lock is the code that just failed, and it will not run again.
     unsafe { crate::arch::serial::force_unlock() };
@@ -84,7 +95,7 @@ pub fn fail(failure: &Failure) -> ! {
 
 fn report(failure: &Failure) {
     log::error!("{failure}");
-    if let Failure::Exception { frame, .. } = failure {
+    if let Failure::Exception { frame, .. } | Failure::Hang { frame, .. } = failure {
         let dump = RegisterDump {
             frame,
             control: crate::arch::instructions::control_registers(),
@@ -98,14 +109,17 @@ fn report(failure: &Failure) {
     }
 }
 
-/// Entry from the exception stubs. An NMI is noted and returns (nothing sends NMIs yet;
-/// the watchdog will); every other vector is a hypervisor failure.
+/// Entry from the exception stubs. An NMI is a watchdog tick: a hang if the watchdog
+/// says so, else it returns (nothing may be logged: the NMI can interrupt the console);
+/// every other vector is a hypervisor failure.
 pub fn on_exception(vector: u8, frame: &mut ExceptionFrame) {
     if vector == 2 {
-        log::warn!(
-            "nmi: received at rip={:#x}, no watchdog armed; ignored",
-            frame.rip
-        );
+        if crate::watchdog::on_host_nmi(frame.rip) {
+            fail(&Failure::Hang {
+                rip: frame.rip,
+                frame,
+            })
+        }
         return;
     }
     fail(&Failure::Exception { vector, frame })

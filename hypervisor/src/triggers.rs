@@ -18,16 +18,22 @@ pub enum Trigger {
     DivideError,
     /// INT3: #BP.
     Breakpoint,
+    /// CLI, then spin forever: only the watchdog can notice.
+    Hang,
+    /// Take an arena lock this CPU already holds: spins forever with interrupts off.
+    Deadlock,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 6] = [
+    pub const ALL: [Trigger; 8] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
         Trigger::InvalidOpcode,
         Trigger::DivideError,
         Trigger::Breakpoint,
+        Trigger::Hang,
+        Trigger::Deadlock,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -39,6 +45,8 @@ impl Trigger {
             Trigger::InvalidOpcode => "ud",
             Trigger::DivideError => "de",
             Trigger::Breakpoint => "bp",
+            Trigger::Hang => "hang",
+            Trigger::Deadlock => "deadlock",
         }
     }
 
@@ -87,6 +95,20 @@ pub fn fire(trigger: Trigger) {
             asm!("xor edx, edx", "xor eax, eax", "div ecx", in("ecx") 0u32, out("eax") _, out("edx") _, options(nomem, nostack))
         },
         Trigger::Breakpoint => unsafe { asm!("int3", options(nomem, nostack)) },
+        Trigger::Hang => {
+            crate::arch::instructions::disable_interrupts();
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        Trigger::Deadlock => {
+            // A lock of the kind the arena uses, taken twice by the same CPU: the second
+            // acquire waits for a release that can never come.
+            static LOCK: crate::arena::lock::ArenaLock = crate::arena::lock::ArenaLock::new();
+            crate::arch::instructions::disable_interrupts();
+            LOCK.acquire(0, 0);
+            LOCK.acquire(0, 0);
+        }
     }
 }
 
@@ -100,6 +122,9 @@ mod tests {
             assert_eq!(Trigger::from_name(t.name()), Some(t));
         }
         assert_eq!(Trigger::from_name("nope"), None);
-        assert_eq!(std::format!("{Names}"), "panic pf gp ud de bp");
+        assert_eq!(
+            std::format!("{Names}"),
+            "panic pf gp ud de bp hang deadlock"
+        );
     }
 }

@@ -84,6 +84,7 @@ commands:
   cpu             processor identity and VT-x capabilities
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud de bp
+                  hang deadlock
   vm list         every VM: state, exits, CPU share, memory
   vm stats NAME   a VM's counters and its exits by reason
   vm stop NAME    stop a VM for good
@@ -121,7 +122,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
         "trigger" => match arg {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
-                expected: "one of: panic pf gp ud de bp",
+                expected: "one of: panic pf gp ud de bp hang deadlock",
             }),
             Some(kind) => Trigger::from_name(kind)
                 .map(|t| Some(Command::Trigger(t)))
@@ -338,11 +339,11 @@ mod tests {
         );
         assert_eq!(
             run("trigger", &mut m),
-            "error: trigger: missing argument (one of: panic pf gp ud de bp)\n"
+            "error: trigger: missing argument (one of: panic pf gp ud de bp hang deadlock)\n"
         );
         assert_eq!(
             run("trigger boom", &mut m),
-            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp)\n"
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp hang deadlock)\n"
         );
     }
 

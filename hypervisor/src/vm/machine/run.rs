@@ -17,6 +17,7 @@ impl Vms {
     /// Runs one VM entry and handles the exit it ends with. Returns false when no VM
     /// can run (the caller idles).
     pub fn step(&mut self) -> bool {
+        crate::watchdog::pet();
         let now = rdtsc();
         let slot = match self.current {
             Some(s)
@@ -80,6 +81,9 @@ impl Vms {
             );
         }
         let exit = exit.exit;
+        if exit.reason == ExitReason::ExceptionOrNmi && is_nmi(exit.interruption_info) {
+            crate::watchdog::on_guest_nmi_exit();
+        }
         let j = &mut vm.vcpu.journal;
         j.phase = Phase::Handling as u32;
         j.exit_seq += 1;
@@ -266,6 +270,12 @@ pub(super) fn read_exit(
         }
     }
     Ok(ReadExit { exit, entry_failed })
+}
+
+/// Whether a VM-exit interruption-information field describes an NMI (a watchdog tick).
+pub(super) fn is_nmi(info: u32) -> bool {
+    let info = crate::vmx::exit::InterruptionInfo::from_raw(info);
+    info.valid && info.kind == crate::vmx::exit::InterruptionKind::Nmi
 }
 
 /// Sends the EOI for an interrupt acknowledged by a VM exit (interruption info valid).
