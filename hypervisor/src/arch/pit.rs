@@ -12,8 +12,8 @@ use super::tsc::PIT_HZ;
 
 const CHANNEL0: u16 = 0x40;
 const CONTROL: u16 = 0x43;
-/// Counter 0, LSB then MSB, mode 2, binary.
-const CHANNEL0_MODE2: u8 = 0b00_11_010_0;
+/// Counter 0 (bits 7:6 = 00), LSB then MSB (11), mode 2 (010), binary (0).
+const CHANNEL0_MODE2: u8 = 0b0011_0100;
 
 /// The count for `hz` periods per second, rounded to the nearest (a count of 0 means
 /// 65536 to the 8254, so the result is clamped to 2..=65535).
