@@ -128,9 +128,8 @@ static STALE: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 static LAST_RIP: AtomicU64 = AtomicU64::new(0);
 /// Set by [`start`], cleared by [`disarm`].
 static ARMED: AtomicBool = AtomicBool::new(false);
-/// The I/O APIC and pin that [`disarm`] masks.
-static IOAPIC_BASE: AtomicU64 = AtomicU64::new(0);
-static IOAPIC_PIN: AtomicU32 = AtomicU32::new(0);
+/// The I/O APIC and pin that [`disarm`] masks (no page-table walk on the failure path).
+static TARGET: spin::Once<(IoApic, u32)> = spin::Once::new();
 
 /// The running CPU's index (only the boot CPU runs so far).
 const fn this_cpu() -> usize {
@@ -189,8 +188,7 @@ pub fn start(acpi_roots: Option<(u32, Option<u64>)>) -> Result<(), WatchdogError
         cpu,
         &Watchdog::new(HEARTBEAT[cpu].load(Ordering::Relaxed), HANG_TICKS),
     );
-    IOAPIC_BASE.store(u64::from(entry.address), Ordering::Relaxed);
-    IOAPIC_PIN.store(pin, Ordering::Relaxed);
+    let &(ioapic, pin) = TARGET.call_once(|| (ioapic, pin));
     ARMED.store(true, Ordering::SeqCst);
     pit::start_rate_generator(TICK_HZ);
     ioapic.set_entry(pin, RedirectionEntry::nmi(apic.id(), route.polarity));
@@ -216,9 +214,8 @@ pub fn disarm() {
     if !ARMED.swap(false, Ordering::SeqCst) {
         return;
     }
-    // The base was validated (and mapped uncacheable) by `start`.
-    if let Ok(ioapic) = IoApic::at(IOAPIC_BASE.load(Ordering::Relaxed)) {
-        ioapic.mask(IOAPIC_PIN.load(Ordering::Relaxed));
+    if let Some((ioapic, pin)) = TARGET.get() {
+        ioapic.mask(*pin);
     }
 }
 

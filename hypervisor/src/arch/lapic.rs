@@ -1,12 +1,16 @@
-//! The boot CPU's local APIC, in xAPIC mode, enabled only so that it accepts the NMIs the
-//! I/O APIC sends it (the watchdog). Every local interrupt source is masked: the host
-//! takes no interrupts (DESIGN 4).
+//! The boot CPU's local APIC, enabled only so that it accepts the NMIs the I/O APIC sends
+//! it (the watchdog). Every local interrupt source is masked: the host takes no interrupts
+//! (DESIGN 4).
 //!
 //! Register layout and bits: SDM Vol. 3A §11.4.1 (Table 11-1, "Local APIC Register Address
 //! Map"), §11.4.4 (IA32_APIC_BASE, Figure 11-5), §11.5.1 (LVT, Figure 11-8), §11.9
 //! (spurious-interrupt vector register, Figure 11-23).
 //!
-//! The APIC page is mapped uncacheable before it is touched ([`super::mmio`]).
+//! xAPIC mode (memory-mapped registers) is what Lazarus turns on. An APIC that firmware
+//! already put in x2APIC mode is left there and driven through its MSRs (SDM Vol. 3A
+//! §11.12.1, MSR 0x800 + offset / 16): leaving x2APIC mode needs a disable/enable cycle,
+//! and on processors where firmware locked legacy xAPIC off, the attempt raises #GP.
+//! The xAPIC page is mapped uncacheable before it is touched ([`super::mmio`]).
 
 use super::instructions::{rdmsr, wrmsr};
 use super::mmio::{self, MapError};
@@ -14,6 +18,7 @@ use super::mmio::{self, MapError};
 /// IA32_APIC_BASE (MSR 0x1B, SDM Vol. 3A §11.4.4 and Vol. 4 Table 2-2).
 const IA32_APIC_BASE: u32 = 0x1b;
 /// Bit 10: x2APIC mode (EXTD); bit 11: APIC global enable (EN); bits 51:12: the base.
+/// (Writing EXTD = 1 with EN = 0 is invalid, §11.12.5, so EXTD implies EN here.)
 const APIC_BASE_EXTD: u64 = 1 << 10;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 const APIC_BASE_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
@@ -48,6 +53,8 @@ const LVT_MASKED: u32 = 1 << 16;
 /// must be ones on older processors, and the host IDT has a stub for every vector).
 const SVR_ENABLE: u32 = 1 << 8;
 const SPURIOUS_VECTOR: u32 = 0xff;
+/// x2APIC register MSRs start here (SDM Vol. 3A §11.12.1, Table 11-6).
+const X2APIC_MSR_BASE: u32 = 0x800;
 
 /// Why the local APIC could not be enabled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +63,8 @@ pub enum LapicError {
     NoApic,
     /// Its registers are not in the identity map, or not in a 2 MiB page of it.
     Unmappable(MapError),
+    /// x2APIC mode with an APIC ID an I/O APIC cannot name (above 255).
+    IdTooLarge(u32),
 }
 
 impl core::fmt::Display for LapicError {
@@ -63,29 +72,45 @@ impl core::fmt::Display for LapicError {
         match self {
             Self::NoApic => f.write_str("the CPU has no local APIC (CPUID.1:EDX bit 9 is clear)"),
             Self::Unmappable(e) => write!(f, "local APIC registers: {e}"),
+            Self::IdTooLarge(id) => write!(
+                f,
+                "this CPU's x2APIC ID {id} is above 255, beyond an I/O APIC destination"
+            ),
         }
     }
+}
+
+/// How the registers are reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// xAPIC: the register page at this physical address.
+    Mmio(u64),
+    /// x2APIC: MSRs.
+    Msr,
 }
 
 /// The enabled local APIC of the running CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalApic {
-    base: u64,
+    access: Access,
 }
 
-/// The IA32_APIC_BASE value that selects xAPIC mode with the APIC enabled at the same base.
-const fn xapic_enabled(value: u64) -> u64 {
-    (value & !APIC_BASE_EXTD) | APIC_BASE_ENABLE
+/// The IA32_APIC_BASE value to write, if any: an APIC in x2APIC mode stays as it is; a
+/// disabled one is enabled in xAPIC mode at the same base.
+const fn enabling_write(value: u64) -> Option<u64> {
+    if value & APIC_BASE_EXTD != 0 || value & APIC_BASE_ENABLE != 0 {
+        None
+    } else {
+        Some(value | APIC_BASE_ENABLE)
+    }
 }
 
-/// Enables the running CPU's local APIC in xAPIC mode, with every LVT entry masked, the
-/// task priority at 0 and the spurious vector 0xFF.
-///
-/// A local APIC found in x2APIC mode is first disabled, then enabled in xAPIC mode: the
-/// only legal way back (SDM Vol. 3A §11.12.5, "x2APIC State Transitions").
+/// Enables the running CPU's local APIC (xAPIC mode, unless firmware left it in x2APIC
+/// mode), with every LVT entry masked, the task priority at 0 and the spurious vector 0xFF.
 ///
 /// # Errors
-/// [`LapicError`] when there is no local APIC or its page cannot be mapped uncacheable.
+/// [`LapicError`] when there is no local APIC, its page cannot be mapped uncacheable, or
+/// its x2APIC ID does not fit an I/O APIC destination.
 pub fn enable() -> Result<LocalApic, LapicError> {
     let has_apic = raw_cpuid::CpuId::new()
         .get_feature_info()
@@ -95,19 +120,25 @@ pub fn enable() -> Result<LocalApic, LapicError> {
     }
     // SAFETY: IA32_APIC_BASE exists on every CPU with CPUID.1:EDX.APIC set (checked).
     let value = unsafe { rdmsr(IA32_APIC_BASE) };
-    let base = value & APIC_BASE_ADDRESS;
-    mmio::make_uncacheable(base).map_err(LapicError::Unmappable)?;
-    // SAFETY: same MSR; the writes only change the APIC's mode and enable bit (the base is
-    // kept), and the host takes no interrupts that the change could lose.
-    unsafe {
-        if value & APIC_BASE_EXTD != 0 {
-            wrmsr(IA32_APIC_BASE, value & !(APIC_BASE_EXTD | APIC_BASE_ENABLE));
+    let apic = if value & APIC_BASE_EXTD != 0 {
+        LocalApic {
+            access: Access::Msr,
         }
-        if value & (APIC_BASE_EXTD | APIC_BASE_ENABLE) != APIC_BASE_ENABLE {
-            wrmsr(IA32_APIC_BASE, xapic_enabled(value));
+    } else {
+        let base = value & APIC_BASE_ADDRESS;
+        mmio::make_uncacheable(base).map_err(LapicError::Unmappable)?;
+        if let Some(enabled) = enabling_write(value) {
+            // SAFETY: same MSR; the write only sets the global enable bit (same base, xAPIC
+            // mode), and the host takes no interrupts that enabling could deliver early.
+            unsafe { wrmsr(IA32_APIC_BASE, enabled) };
         }
+        LocalApic {
+            access: Access::Mmio(base),
+        }
+    };
+    if apic.access == Access::Msr && apic.read(ID) > 0xff {
+        return Err(LapicError::IdTooLarge(apic.read(ID)));
     }
-    let apic = LocalApic { base };
     let max_lvt = (apic.read(VERSION) >> 16) & 0xff;
     for (register, needs) in LVTS {
         if max_lvt >= needs {
@@ -120,27 +151,45 @@ pub fn enable() -> Result<LocalApic, LapicError> {
 }
 
 impl LocalApic {
-    /// This CPU's APIC ID (xAPIC ID register bits 31:24, SDM Vol. 3A §11.4.6).
+    /// This CPU's APIC ID: xAPIC ID register bits 31:24 (SDM Vol. 3A §11.4.6), or the
+    /// x2APIC ID (checked by `enable` to fit in 8 bits).
     pub fn id(&self) -> u8 {
-        (self.read(ID) >> 24) as u8
+        match self.access {
+            Access::Mmio(_) => (self.read(ID) >> 24) as u8,
+            Access::Msr => self.read(ID) as u8,
+        }
     }
 
-    /// Physical address of the register page.
-    pub fn base(&self) -> u64 {
-        self.base
+    /// Whether firmware had it in x2APIC mode.
+    pub fn is_x2apic(&self) -> bool {
+        self.access == Access::Msr
     }
 
     fn read(&self, register: u64) -> u32 {
-        // SAFETY: `base` is the enabled xAPIC's register page (from IA32_APIC_BASE, mapped
-        // UC by `enable`) and `register` one of the architectural offsets above, whose
-        // reads have no side effects.
-        unsafe { mmio::read32(self.base + register) }
+        match self.access {
+            // SAFETY: `base` is the enabled xAPIC's register page (from IA32_APIC_BASE,
+            // mapped UC by `enable`) and `register` one of the architectural offsets above,
+            // whose reads have no side effects.
+            Access::Mmio(base) => unsafe { mmio::read32(base + register) },
+            // SAFETY: in x2APIC mode every register above has its MSR (Table 11-6); reading
+            // ID, version and LVT MSRs has no side effect.
+            Access::Msr => unsafe { rdmsr(x2apic_msr(register)) as u32 },
+        }
     }
 
     fn write(&self, register: u64, value: u32) {
-        // SAFETY: as for `read`; the writes mask LVT entries and set TPR and SVR.
-        unsafe { mmio::write32(self.base + register, value) };
+        match self.access {
+            // SAFETY: as for `read`; the writes mask LVT entries and set TPR and SVR.
+            Access::Mmio(base) => unsafe { mmio::write32(base + register, value) },
+            // SAFETY: as for `read`; LVT, TPR and SVR MSRs are writable in x2APIC mode.
+            Access::Msr => unsafe { wrmsr(x2apic_msr(register), u64::from(value)) },
+        }
     }
+}
+
+/// The x2APIC MSR of xAPIC register offset `register` (SDM Vol. 3A §11.12.1.2).
+const fn x2apic_msr(register: u64) -> u32 {
+    X2APIC_MSR_BASE + (register >> 4) as u32
 }
 
 #[cfg(test)]
@@ -149,10 +198,18 @@ mod tests {
 
     #[test]
     fn apic_base_values() {
-        // BSP, enabled, at the default base: unchanged.
-        assert_eq!(xapic_enabled(0xfee0_0900), 0xfee0_0900);
-        // Disabled: enabled. x2APIC: back to xAPIC.
-        assert_eq!(xapic_enabled(0xfee0_0100), 0xfee0_0900);
-        assert_eq!(xapic_enabled(0xfee0_0d00), 0xfee0_0900);
+        // BSP, enabled, at the default base: nothing to write.
+        assert_eq!(enabling_write(0xfee0_0900), None);
+        // Disabled: enabled at the same base. x2APIC: left alone.
+        assert_eq!(enabling_write(0xfee0_0100), Some(0xfee0_0900));
+        assert_eq!(enabling_write(0xfee0_0d00), None);
+    }
+
+    #[test]
+    fn x2apic_msrs() {
+        assert_eq!(x2apic_msr(ID), 0x802);
+        assert_eq!(x2apic_msr(SVR), 0x80f);
+        assert_eq!(x2apic_msr(LVT_CMCI), 0x82f);
+        assert_eq!(x2apic_msr(LVT_LINT1), 0x836);
     }
 }
