@@ -170,9 +170,6 @@ fn hangs_are_caught_by_the_watchdog() {
             "rip {rip:#x} lies in the image"
         );
         assert_eq!(reg(&regs, "rflags") & 0x200, 0, "hung with interrupts off");
-        m.expect_line(
-            r"^\[lazarus\] ERROR halted: recovery is not implemented yet$",
-            SHORT,
-        );
+        // What follows (halt now, recovery later) is not the watchdog's business.
     }
 }
