@@ -39,7 +39,7 @@ pub enum Hypercall {
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`).
-pub const TRIGGERS: [&str; 10] = [
+pub const TRIGGERS: [&str; 12] = [
     "panic",
     "pf",
     "gp",
@@ -50,6 +50,8 @@ pub const TRIGGERS: [&str; 10] = [
     "mid-exit",
     "recovery-fail",
     "corrupt-vm",
+    "hang",
+    "deadlock",
 ];
 
 impl Hypercall {

@@ -88,6 +88,10 @@ impl Machine for BootMachine {
                     return writeln!(out, "error: trigger corrupt-vm: {e}");
                 }
             }
+            (Trigger::Deadlock, Some(vms)) => {
+                log::warn!("trigger: firing 'deadlock'");
+                triggers::deadlock(&vms.root().lock)
+            }
             (Trigger::RecoveryFail | Trigger::CorruptVm, None) => {
                 return writeln!(out, "error: trigger {}: VMX is not running", trigger.name())
             }
@@ -172,6 +176,7 @@ pub fn run_console(machine: &mut BootMachine, draw_prompt: bool) -> ! {
     }
     serial::set_prompt_line(&[PROMPT.as_bytes()]);
     loop {
+        hypervisor::watchdog::pet();
         let Some(byte) = serial::try_read_byte() else {
             let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
             if !ran {

@@ -14,7 +14,7 @@ mod entry;
 mod image;
 mod machine;
 
-use hypervisor::arch::{gdt, idt, instructions, pic, power, serial, tsc};
+use hypervisor::arch::{gdt, idt, instructions, nmi, pic, power, serial, tsc};
 use hypervisor::bootinfo::{self, BootInfo};
 use hypervisor::cmdline;
 use hypervisor::console::logger;
@@ -22,6 +22,7 @@ use hypervisor::cpu;
 use hypervisor::failure;
 use hypervisor::memory::{self, format_size, LayoutRequest};
 use hypervisor::vm::machine::{Caps, Vms};
+use hypervisor::watchdog;
 use linked_list_allocator::LockedHeap;
 use log::{error, info, warn};
 
@@ -132,6 +133,14 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         c.pin, c.proc, c.proc2, c.exit, c.entry
     );
     pic::remap_and_mask();
+    match watchdog::start(boot.rsdp.map(|r| (r.rsdt, r.xsdt))) {
+        Ok(pin) => info!(
+            "watchdog: NMI every {} ms from the PIT via IO-APIC pin {pin}, hang after {} ms",
+            watchdog::TICK_MS,
+            watchdog::HANG_MS
+        ),
+        Err(e) => warn!("watchdog: not armed: {e}; hangs will not be detected"),
+    }
     let mut layout = layout;
     let epoch = hypervisor::arch::cmos::epoch_seconds();
     let epoch_tsc = instructions::rdtsc();
@@ -174,6 +183,9 @@ fn bring_up_cpu() {
     gdt::load(0);
     idt::load();
     failure::install(recovery::on_failure);
+    // A recovery after a hang starts inside the watchdog's NMI handler, with NMIs
+    // blocked until an IRET: end that now that the IDT is in place (harmless otherwise).
+    nmi::unblock_nmis();
 }
 
 /// What both boots end in: the VMs run, and the console (unless `console=off`). A
@@ -186,6 +198,7 @@ fn run(mut machine: machine::BootMachine, greeting: Option<&str>) -> ! {
             info!("ready: console input disabled (console=off); running the VMs");
         }
         loop {
+            hypervisor::watchdog::pet();
             let ran = machine.vms.as_mut().is_some_and(|vms| vms.step());
             if !ran {
                 instructions::pause();
@@ -224,9 +237,8 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     let modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> =
         boot.modules().map(|(range, _)| range).collect();
     let mbi = (boot.mbi[0], boot.mbi[1]);
-    let power_off = boot
-        .rsdp()
-        .and_then(|(rsdt, xsdt)| power::method(rsdt, xsdt).ok());
+    let boot_rsdp = boot.rsdp();
+    let power_off = boot_rsdp.and_then(|(rsdt, xsdt)| power::method(rsdt, xsdt).ok());
     let tsc_hz = boot.tsc_hz;
     let epoch = boot.epoch_at(instructions::rdtsc());
     let anchor_arena = (root.header.base, root.header.size);
@@ -257,6 +269,9 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     };
     pic::acknowledge_in_service();
     pic::remap_and_mask();
+    if let Err(e) = watchdog::start(boot_rsdp) {
+        warn!("watchdog: not armed after recovery: {e}; hangs will not be detected");
+    }
     let mut vms = match Vms::adopt(layout.arena, &mut layout.free, caps, &modules, epoch) {
         Ok(vms) => vms,
         Err(e) => failure::fail(&failure::Failure::Arena {

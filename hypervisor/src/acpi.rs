@@ -1,4 +1,4 @@
-//! Just enough ACPI to switch the machine off.
+//! Just enough ACPI to switch the machine off and to find the interrupt controllers.
 //!
 //! Powering off is the one ACPI service the hypervisor needs for itself, and it needs it
 //! on QEMU, Bochs and real boards alike. Doing it properly means running the DSDT's AML,
@@ -11,6 +11,10 @@
 //!
 //! Memory is only ever read through [`PhysMemory`], so the boot code decides how
 //! physical addresses become bytes and the tests can serve fabricated tables.
+//!
+//! The MADT ("APIC" table) gives the watchdog what it needs to route the PIT to an NMI:
+//! where the I/O APIC is, which global system interrupt (GSI) ISA IRQ 0 arrives on, and
+//! with which polarity and trigger mode ([`madt`]).
 //!
 //! What this does not handle: hardware-reduced ACPI platforms (which have no PM1 control
 //! block and use the FADT's sleep control register instead), PM1 blocks in memory space,
@@ -75,6 +79,8 @@ pub enum AcpiError {
     NoS5,
     /// The FADT gives no I/O port for PM1a_CNT.
     NoPm1aControl,
+    /// The MADT lists no I/O APIC.
+    NoIoApic,
 }
 
 /// A table signature for messages: firmware bytes, so only printable ASCII is shown.
@@ -105,6 +111,7 @@ impl fmt::Display for AcpiError {
             Self::Truncated(sig) => write!(f, "ACPI table {} is truncated", Signature(sig)),
             Self::NoS5 => f.write_str("the ACPI DSDT declares no \\_S5 (soft off) package"),
             Self::NoPm1aControl => f.write_str("the ACPI FADT gives no I/O port for PM1a_CNT"),
+            Self::NoIoApic => f.write_str("the ACPI MADT lists no I/O APIC"),
         }
     }
 }
@@ -271,13 +278,14 @@ fn peek_signature(mem: &impl PhysMemory, addr: u64) -> Option<[u8; 4]> {
         .ok()
 }
 
-/// Finds the FADT through the RSDT (4-byte entries, ACPI 6.5 §5.2.7) or the XSDT
-/// (8-byte entries, §5.2.8); entries start right after the header.
-fn find_fadt<'m>(
+/// Finds the table with signature `wanted` through the RSDT (4-byte entries, ACPI 6.5
+/// §5.2.7) or the XSDT (8-byte entries, §5.2.8); entries start right after the header.
+fn find_table<'m>(
     mem: &'m impl PhysMemory,
     root: u64,
     name: &'static str,
     entry_len: usize,
+    wanted: &'static str,
 ) -> Result<Table<'m>, AcpiError> {
     let root = Table::read(mem, root, name)?;
     for entry in root.body().chunks_exact(entry_len) {
@@ -288,11 +296,32 @@ fn find_fadt<'m>(
         let Some(addr) = addr.filter(|&a| a != 0) else {
             continue;
         };
-        if peek_signature(mem, addr) == Some(*b"FACP") {
-            return Table::read(mem, addr, "FACP");
+        if peek_signature(mem, addr) == Some(signature_of(wanted)) {
+            return Table::read(mem, addr, wanted);
         }
     }
-    Err(AcpiError::TableNotFound("FACP"))
+    Err(AcpiError::TableNotFound(wanted))
+}
+
+/// Finds the table `wanted` from the RSDT and, if given, the XSDT. The XSDT is preferred;
+/// if it cannot be used (or leads nowhere) and an RSDT is given, the RSDT is tried before
+/// giving up with the XSDT's error.
+fn locate<'m>(
+    mem: &'m impl PhysMemory,
+    rsdt: u32,
+    xsdt: Option<u64>,
+    wanted: &'static str,
+) -> Result<Table<'m>, AcpiError> {
+    match xsdt.filter(|&x| x != 0) {
+        Some(xsdt) => match find_table(mem, xsdt, "XSDT", 8, wanted) {
+            Ok(table) => Ok(table),
+            Err(err) if rsdt != 0 => {
+                find_table(mem, rsdt.into(), "RSDT", 4, wanted).map_err(|_| err)
+            }
+            Err(err) => Err(err),
+        },
+        None => find_table(mem, rsdt.into(), "RSDT", 4, wanted),
+    }
 }
 
 /// An I/O port from the FADT: the extended Generic Address at `x_offset` if the table
@@ -406,14 +435,7 @@ pub fn power_off_method(
     xsdt: Option<u64>,
     mem: &impl PhysMemory,
 ) -> Result<PowerOff, AcpiError> {
-    let fadt = match xsdt.filter(|&x| x != 0) {
-        Some(xsdt) => match find_fadt(mem, xsdt, "XSDT", 8) {
-            Ok(fadt) => fadt,
-            Err(err) if rsdt != 0 => find_fadt(mem, rsdt.into(), "RSDT", 4).map_err(|_| err)?,
-            Err(err) => return Err(err),
-        },
-        None => find_fadt(mem, rsdt.into(), "RSDT", 4)?,
-    };
+    let fadt = locate(mem, rsdt, xsdt, "FACP")?;
     if fadt.bytes.len() < FADT_MIN_LEN {
         return Err(AcpiError::Truncated(fadt.signature));
     }
@@ -438,6 +460,239 @@ pub fn power_off_method(
         slp_typ_a,
         slp_typ_b,
     })
+}
+
+// ACPI 6.5 §5.2.12, Multiple APIC Description Table (MADT), signature "APIC".
+/// Local Interrupt Controller Address (32 bits) right after the header.
+const MADT_LOCAL_APIC_ADDRESS: usize = 0;
+/// Flags (32 bits); bit 0 is PCAT_COMPAT (a dual 8259 is also installed).
+const MADT_FLAGS: usize = 4;
+/// The interrupt controller structures start here (offset 44 of the table).
+const MADT_ENTRIES: usize = 8;
+const MADT_PCAT_COMPAT: u32 = 1;
+// Interrupt controller structure types (ACPI 6.5 Table 5.45) and their lengths.
+/// §5.2.12.2, Processor Local APIC: UID at 2, APIC ID at 3, flags (u32) at 4.
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_LOCAL_APIC_LEN: usize = 8;
+/// §5.2.12.3, I/O APIC: ID at 2, address (u32) at 4, GSI base (u32) at 8.
+const MADT_IO_APIC: u8 = 1;
+const MADT_IO_APIC_LEN: usize = 12;
+/// §5.2.12.5, Interrupt Source Override: bus at 2, source at 3, GSI (u32) at 4, flags
+/// (u16, MPS INTI flags) at 8.
+const MADT_SOURCE_OVERRIDE: u8 = 2;
+const MADT_SOURCE_OVERRIDE_LEN: usize = 10;
+/// §5.2.12.8, Local APIC Address Override: the 64-bit address at 4.
+const MADT_LOCAL_APIC_OVERRIDE: u8 = 5;
+const MADT_LOCAL_APIC_OVERRIDE_LEN: usize = 12;
+/// §5.2.12.12, Processor Local x2APIC: x2APIC ID (u32) at 4, flags (u32) at 8.
+const MADT_LOCAL_X2APIC: u8 = 9;
+const MADT_LOCAL_X2APIC_LEN: usize = 16;
+/// Local APIC flags (Table 5.47): bit 0 Enabled, bit 1 Online Capable.
+const LAPIC_ENABLED: u32 = 1;
+const LAPIC_ONLINE_CAPABLE: u32 = 2;
+/// Bus 0 of an Interrupt Source Override is ISA (§5.2.12.5).
+const ISA_BUS: u8 = 0;
+
+/// How many I/O APICs and source overrides are kept (more are counted, not kept).
+pub const MAX_IO_APICS: usize = 8;
+pub const MAX_OVERRIDES: usize = 16;
+
+/// Signal polarity of an interrupt input (MPS INTI flags bits 1:0, ACPI 6.5 Table 5.50).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Polarity {
+    ActiveHigh,
+    ActiveLow,
+}
+
+/// Trigger mode of an interrupt input (MPS INTI flags bits 3:2, ACPI 6.5 Table 5.50).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TriggerMode {
+    Edge,
+    Level,
+}
+
+/// One I/O APIC as the MADT describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoApicEntry {
+    pub id: u8,
+    /// Physical address of its registers (IOREGSEL; IOWIN is 0x10 above).
+    pub address: u32,
+    /// The first global system interrupt its input pin 0 receives.
+    pub gsi_base: u32,
+}
+
+/// Where an ISA IRQ arrives: an Interrupt Source Override, or the ISA default (the GSI
+/// equal to the IRQ, active high, edge triggered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsaRoute {
+    pub irq: u8,
+    pub gsi: u32,
+    pub polarity: Polarity,
+    pub trigger: TriggerMode,
+}
+
+/// What the MADT says about the interrupt controllers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Madt {
+    /// Physical address of every CPU's local APIC (the override's, if there is one).
+    pub local_apic_address: u64,
+    /// A dual 8259 is installed too (PCAT_COMPAT).
+    pub pcat_compat: bool,
+    /// The APIC ID of the first enabled processor entry. ACPI 6.5 §5.2.12 asks firmware
+    /// to list the boot processor first; the running CPU's own APIC ID register is the
+    /// authority, this is a cross-check.
+    pub boot_cpu_apic_id: Option<u32>,
+    /// Usable processor entries (enabled or online capable), xAPIC and x2APIC.
+    pub cpus: u32,
+    pub io_apics: heapless::Vec<IoApicEntry, MAX_IO_APICS>,
+    /// ISA interrupt source overrides (other buses are ignored).
+    pub overrides: heapless::Vec<IsaRoute, MAX_OVERRIDES>,
+}
+
+impl Madt {
+    /// Where ISA IRQ `irq` arrives.
+    #[must_use]
+    pub fn isa_route(&self, irq: u8) -> IsaRoute {
+        self.overrides
+            .iter()
+            .copied()
+            .find(|o| o.irq == irq)
+            .unwrap_or(IsaRoute {
+                irq,
+                gsi: u32::from(irq),
+                polarity: Polarity::ActiveHigh,
+                trigger: TriggerMode::Edge,
+            })
+    }
+
+    /// The I/O APIC that receives `gsi` and its input pin: the one with the highest GSI
+    /// base not above `gsi` (how many pins it has is only known from its version
+    /// register, so the caller checks the pin against that).
+    #[must_use]
+    pub fn io_apic_for(&self, gsi: u32) -> Option<(IoApicEntry, u32)> {
+        self.io_apics
+            .iter()
+            .copied()
+            .filter(|a| a.gsi_base <= gsi)
+            .max_by_key(|a| a.gsi_base)
+            .map(|a| (a, gsi - a.gsi_base))
+    }
+}
+
+/// MPS INTI flags (ACPI 6.5 Table 5.50) of an ISA source: "conforms to the bus" (00) is
+/// ISA's active high, edge triggered; 01 is high/edge, 11 low/level; 10 is reserved and
+/// read as the bus default.
+fn inti_flags(flags: u16) -> (Polarity, TriggerMode) {
+    let polarity = match flags & 0b11 {
+        0b11 => Polarity::ActiveLow,
+        _ => Polarity::ActiveHigh,
+    };
+    let trigger = match (flags >> 2) & 0b11 {
+        0b11 => TriggerMode::Level,
+        _ => TriggerMode::Edge,
+    };
+    (polarity, trigger)
+}
+
+/// Parses the body of a MADT (what follows the 36-byte header).
+///
+/// # Errors
+/// [`AcpiError::Truncated`] when the fixed fields are missing or an interrupt controller
+/// structure is shorter than its type requires or runs past the end;
+/// [`AcpiError::NoIoApic`] when no I/O APIC is listed.
+pub fn parse_madt(body: &[u8]) -> Result<Madt, AcpiError> {
+    let truncated = AcpiError::Truncated(*b"APIC");
+    let mut madt = Madt {
+        local_apic_address: le_u32(body, MADT_LOCAL_APIC_ADDRESS)
+            .map(u64::from)
+            .ok_or(truncated)?,
+        pcat_compat: le_u32(body, MADT_FLAGS).ok_or(truncated)? & MADT_PCAT_COMPAT != 0,
+        boot_cpu_apic_id: None,
+        cpus: 0,
+        io_apics: heapless::Vec::new(),
+        overrides: heapless::Vec::new(),
+    };
+    let mut rest = body.get(MADT_ENTRIES..).ok_or(truncated)?;
+    while !rest.is_empty() {
+        let (&kind, &len) = (
+            rest.first().ok_or(truncated)?,
+            rest.get(1).ok_or(truncated)?,
+        );
+        let len = usize::from(len);
+        if len < 2 {
+            return Err(truncated);
+        }
+        let entry = rest.get(..len).ok_or(truncated)?;
+        rest = &rest[len..];
+        let need = |min: usize| if len < min { Err(truncated) } else { Ok(()) };
+        match kind {
+            MADT_LOCAL_APIC | MADT_LOCAL_X2APIC => {
+                let (id, flags) = if kind == MADT_LOCAL_APIC {
+                    need(MADT_LOCAL_APIC_LEN)?;
+                    (u32::from(entry[3]), le_u32(entry, 4).ok_or(truncated)?)
+                } else {
+                    need(MADT_LOCAL_X2APIC_LEN)?;
+                    (
+                        le_u32(entry, 4).ok_or(truncated)?,
+                        le_u32(entry, 8).ok_or(truncated)?,
+                    )
+                };
+                if flags & (LAPIC_ENABLED | LAPIC_ONLINE_CAPABLE) != 0 {
+                    madt.cpus += 1;
+                    if madt.boot_cpu_apic_id.is_none() && flags & LAPIC_ENABLED != 0 {
+                        madt.boot_cpu_apic_id = Some(id);
+                    }
+                }
+            }
+            MADT_IO_APIC => {
+                need(MADT_IO_APIC_LEN)?;
+                let _ = madt.io_apics.push(IoApicEntry {
+                    id: entry[2],
+                    address: le_u32(entry, 4).ok_or(truncated)?,
+                    gsi_base: le_u32(entry, 8).ok_or(truncated)?,
+                });
+            }
+            MADT_SOURCE_OVERRIDE => {
+                need(MADT_SOURCE_OVERRIDE_LEN)?;
+                if entry[2] == ISA_BUS {
+                    let flags = u16::from_le_bytes([entry[8], entry[9]]);
+                    let (polarity, trigger) = inti_flags(flags);
+                    let irq = entry[3];
+                    // The first override of an IRQ wins; a repeat is ignored.
+                    if !madt.overrides.iter().any(|o| o.irq == irq) {
+                        let _ = madt.overrides.push(IsaRoute {
+                            irq,
+                            gsi: le_u32(entry, 4).ok_or(truncated)?,
+                            polarity,
+                            trigger,
+                        });
+                    }
+                }
+            }
+            MADT_LOCAL_APIC_OVERRIDE => {
+                need(MADT_LOCAL_APIC_OVERRIDE_LEN)?;
+                madt.local_apic_address = le_u64(entry, 4).ok_or(truncated)?;
+            }
+            // Every other structure (NMI sources, local APIC NMI, SAPIC, GIC, ...) is
+            // skipped by its length.
+            _ => {}
+        }
+    }
+    if madt.io_apics.is_empty() {
+        return Err(AcpiError::NoIoApic);
+    }
+    Ok(madt)
+}
+
+/// Finds and parses the MADT from the RSDT and, if given, the XSDT (the XSDT preferred,
+/// the RSDT as the fallback, as for [`power_off_method`]).
+///
+/// # Errors
+/// See [`AcpiError`]: the first table missing or failing verification, or a malformed
+/// MADT ([`parse_madt`]).
+pub fn madt(rsdt: u32, xsdt: Option<u64>, mem: &impl PhysMemory) -> Result<Madt, AcpiError> {
+    let table = locate(mem, rsdt, xsdt, "APIC")?;
+    parse_madt(table.body())
 }
 
 #[cfg(test)]
@@ -1025,5 +1280,237 @@ mod tests {
         };
         assert_eq!(off.pm1a_value(), 0x3c00);
         assert_eq!(off.pm1b_value(), 0x3400);
+    }
+
+    /// MADT body builders: the fixed fields, then interrupt controller structures.
+    fn madt_body(lapic: u32, flags: u32, entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&lapic.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+        for e in entries {
+            b.extend_from_slice(e);
+        }
+        b
+    }
+
+    fn local_apic(uid: u8, id: u8, flags: u32) -> Vec<u8> {
+        let mut e = vec![MADT_LOCAL_APIC, 8, uid, id];
+        e.extend_from_slice(&flags.to_le_bytes());
+        e
+    }
+
+    fn local_x2apic(id: u32, flags: u32) -> Vec<u8> {
+        let mut e = vec![MADT_LOCAL_X2APIC, 16, 0, 0];
+        e.extend_from_slice(&id.to_le_bytes());
+        e.extend_from_slice(&flags.to_le_bytes());
+        e.extend_from_slice(&7u32.to_le_bytes());
+        e
+    }
+
+    fn io_apic(id: u8, address: u32, gsi_base: u32) -> Vec<u8> {
+        let mut e = vec![MADT_IO_APIC, 12, id, 0];
+        e.extend_from_slice(&address.to_le_bytes());
+        e.extend_from_slice(&gsi_base.to_le_bytes());
+        e
+    }
+
+    fn source_override(bus: u8, irq: u8, gsi: u32, flags: u16) -> Vec<u8> {
+        let mut e = vec![MADT_SOURCE_OVERRIDE, 10, bus, irq];
+        e.extend_from_slice(&gsi.to_le_bytes());
+        e.extend_from_slice(&flags.to_le_bytes());
+        e
+    }
+
+    /// What the Bochs and QEMU BIOSes build: one CPU, one I/O APIC at 0xfec00000, IRQ 0
+    /// on GSI 2, the PCI IRQs level triggered, plus a local APIC NMI structure (type 4).
+    fn pc_madt() -> Vec<u8> {
+        madt_body(
+            0xfee0_0000,
+            1,
+            &[
+                local_apic(0, 0, 1),
+                io_apic(1, 0xfec0_0000, 0),
+                source_override(0, 0, 2, 0),
+                source_override(0, 5, 5, 0x000d),
+                source_override(0, 9, 9, 0x000d),
+                vec![4, 6, 0xff, 0x05, 0x00, 0x01],
+            ],
+        )
+    }
+
+    #[test]
+    fn madt_of_a_pc() {
+        let m = parse_madt(&pc_madt()).unwrap();
+        assert_eq!(m.local_apic_address, 0xfee0_0000);
+        assert!(m.pcat_compat);
+        assert_eq!((m.boot_cpu_apic_id, m.cpus), (Some(0), 1));
+        assert_eq!(
+            m.io_apics.as_slice(),
+            &[IoApicEntry {
+                id: 1,
+                address: 0xfec0_0000,
+                gsi_base: 0
+            }]
+        );
+        let timer = m.isa_route(0);
+        assert_eq!(
+            timer,
+            IsaRoute {
+                irq: 0,
+                gsi: 2,
+                polarity: Polarity::ActiveHigh,
+                trigger: TriggerMode::Edge
+            }
+        );
+        assert_eq!(
+            m.io_apic_for(timer.gsi).map(|(a, pin)| (a.id, pin)),
+            Some((1, 2))
+        );
+        let sci = m.isa_route(9);
+        assert_eq!(
+            (sci.polarity, sci.trigger),
+            (Polarity::ActiveHigh, TriggerMode::Level)
+        );
+        // No override: identity, ISA defaults.
+        assert_eq!(
+            m.isa_route(4),
+            IsaRoute {
+                irq: 4,
+                gsi: 4,
+                polarity: Polarity::ActiveHigh,
+                trigger: TriggerMode::Edge
+            }
+        );
+    }
+
+    #[test]
+    fn madt_found_through_rsdt_and_xsdt() {
+        let mut mem = FakeMemory::default();
+        mem.put(RSDT_ADDR.into(), rsdt(&[FADT_ADDR, APIC_ADDR]))
+            .put(APIC_ADDR.into(), table(b"APIC", 3, &pc_madt()))
+            .put(FADT_ADDR.into(), Fadt::v1(0x604, DSDT_ADDR).bytes());
+        let m = madt(RSDT_ADDR, None, &mem).unwrap();
+        assert_eq!(m.isa_route(0).gsi, 2);
+
+        // The XSDT's MADT is preferred; a broken XSDT falls back to the RSDT.
+        let xsdt_addr = 0x7ffe_1c00u64;
+        let other = 0x7ffe_2000u64;
+        let two_io_apics = madt_body(
+            0xfee0_0000,
+            0,
+            &[io_apic(2, 0xfec0_1000, 0), local_apic(0, 3, 1)],
+        );
+        mem.put(xsdt_addr, xsdt(&[other]))
+            .put(other, table(b"APIC", 3, &two_io_apics));
+        let m = madt(RSDT_ADDR, Some(xsdt_addr), &mem).unwrap();
+        assert_eq!((m.io_apics[0].id, m.boot_cpu_apic_id), (2, Some(3)));
+        assert!(!m.pcat_compat);
+        let x = mem
+            .blocks
+            .iter()
+            .position(|(a, _)| *a == xsdt_addr)
+            .unwrap();
+        mem.blocks[x].1[HEADER_LEN] ^= 1;
+        assert_eq!(
+            madt(RSDT_ADDR, Some(xsdt_addr), &mem).unwrap().io_apics[0].id,
+            1
+        );
+
+        // No MADT at all.
+        let mut mem = FakeMemory::default();
+        mem.put(RSDT_ADDR.into(), rsdt(&[FADT_ADDR]))
+            .put(FADT_ADDR.into(), Fadt::v1(0x604, DSDT_ADDR).bytes());
+        assert_eq!(
+            madt(RSDT_ADDR, None, &mem),
+            Err(AcpiError::TableNotFound("APIC"))
+        );
+        // A MADT with a bad checksum.
+        let mut mem = FakeMemory::default();
+        let mut bad = table(b"APIC", 3, &pc_madt());
+        bad[HEADER_LEN + 20] ^= 1;
+        mem.put(RSDT_ADDR.into(), rsdt(&[APIC_ADDR]))
+            .put(APIC_ADDR.into(), bad);
+        assert_eq!(
+            madt(RSDT_ADDR, None, &mem),
+            Err(AcpiError::BadChecksum(*b"APIC"))
+        );
+    }
+
+    #[test]
+    fn madt_processors_and_overrides() {
+        let body = madt_body(
+            0xfee0_0000,
+            0,
+            &[
+                // Disabled, not online capable: not counted, not the boot CPU.
+                local_apic(0, 9, 0),
+                // Online capable only: counted, but not running, so not the boot CPU.
+                local_apic(1, 8, 2),
+                local_x2apic(0x100, 1),
+                local_apic(2, 4, 1),
+                io_apic(0, 0xfec0_0000, 0),
+                io_apic(1, 0xfec1_0000, 24),
+                // Active low, level; the repeat of IRQ 0 is ignored; another bus is too.
+                source_override(0, 0, 20, 0x000f),
+                source_override(0, 0, 2, 0),
+                source_override(1, 3, 30, 0),
+                // Local APIC address override.
+                {
+                    let mut e = vec![MADT_LOCAL_APIC_OVERRIDE, 12, 0, 0];
+                    e.extend_from_slice(&0x1_fee0_0000u64.to_le_bytes());
+                    e
+                },
+                // An unknown structure type is skipped by its length.
+                vec![0x7f, 5, 1, 2, 3],
+            ],
+        );
+        let m = parse_madt(&body).unwrap();
+        assert_eq!((m.boot_cpu_apic_id, m.cpus), (Some(0x100), 3));
+        assert_eq!(m.local_apic_address, 0x1_fee0_0000);
+        let timer = m.isa_route(0);
+        assert_eq!(
+            (timer.gsi, timer.polarity, timer.trigger),
+            (20, Polarity::ActiveLow, TriggerMode::Level)
+        );
+        assert_eq!(m.isa_route(3).gsi, 3, "bus 1 overrides are not ISA");
+        assert_eq!(m.io_apic_for(20).map(|(a, p)| (a.id, p)), Some((0, 20)));
+        assert_eq!(m.io_apic_for(27).map(|(a, p)| (a.id, p)), Some((1, 3)));
+        // The reserved polarity/trigger encoding 10b reads as the ISA default.
+        assert_eq!(
+            inti_flags(0b1010),
+            (Polarity::ActiveHigh, TriggerMode::Edge)
+        );
+        assert_eq!(
+            inti_flags(0b0101),
+            (Polarity::ActiveHigh, TriggerMode::Edge)
+        );
+    }
+
+    #[test]
+    fn malformed_madts() {
+        let truncated = Err(AcpiError::Truncated(*b"APIC"));
+        assert_eq!(parse_madt(&[0; 7]), truncated);
+        // Fixed fields only: no I/O APIC.
+        assert_eq!(parse_madt(&[0; 8]), Err(AcpiError::NoIoApic));
+        let no_io = madt_body(0xfee0_0000, 1, &[local_apic(0, 0, 1)]);
+        assert_eq!(parse_madt(&no_io), Err(AcpiError::NoIoApic));
+        // A structure length below 2 would loop forever: refused.
+        let zero_len = madt_body(0xfee0_0000, 1, &[vec![0x7f, 0]]);
+        assert_eq!(parse_madt(&zero_len), truncated);
+        // A structure running past the end of the table.
+        let mut past = pc_madt();
+        past.extend_from_slice(&[MADT_IO_APIC, 12, 0, 0]);
+        assert_eq!(parse_madt(&past), truncated);
+        // A known type shorter than its layout.
+        let short = madt_body(0, 0, &[vec![MADT_IO_APIC, 8, 0, 0, 0, 0, 0xc0, 0xfe]]);
+        assert_eq!(parse_madt(&short), truncated);
+        // A lone type byte at the end.
+        let mut lone = pc_madt();
+        lone.push(MADT_IO_APIC);
+        assert_eq!(parse_madt(&lone), truncated);
+        assert_eq!(
+            AcpiError::NoIoApic.to_string(),
+            "the ACPI MADT lists no I/O APIC"
+        );
     }
 }

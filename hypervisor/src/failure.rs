@@ -28,6 +28,11 @@ pub enum Failure<'a> {
         what: &'a str,
         error: crate::arena::ArenaError,
     },
+    /// The watchdog saw no progress for `HANG_MS` (the NMI interrupted `frame`).
+    Hang {
+        rip: u64,
+        frame: &'a ExceptionFrame,
+    },
 }
 
 impl Failure<'_> {
@@ -39,6 +44,7 @@ impl Failure<'_> {
             Failure::Exception { vector, .. } => (Cause::Exception, *vector),
             Failure::Vmx { .. } => (Cause::Vmx, 0),
             Failure::Arena { .. } => (Cause::Arena, 0),
+            Failure::Hang { .. } => (Cause::Hang, 0),
         }
     }
 }
@@ -69,6 +75,11 @@ impl fmt::Display for Failure<'_> {
             Failure::Arena { what, error } => {
                 write!(f, "hypervisor failure: arena check ({what}): {error}")
             }
+            Failure::Hang { rip, .. } => write!(
+                f,
+                "hypervisor failure: hang: no progress for {} ms (rip={rip:#x})",
+                crate::watchdog::HANG_MS
+            ),
         }
     }
 }
@@ -101,6 +112,8 @@ pub fn detected_at() -> u64 {
 pub fn fail(failure: &Failure) -> ! {
     let now = crate::arch::instructions::rdtsc();
     crate::arch::instructions::disable_interrupts();
+    // No more NMIs while the image is rewritten (the failure path must not be interrupted).
+    crate::watchdog::disarm();
     let depth = DEPTH.fetch_add(1, Ordering::SeqCst) + 1;
     if depth == 1 {
         DETECTED.store(now, Ordering::SeqCst);
@@ -121,7 +134,7 @@ pub fn fail(failure: &Failure) -> ! {
 /// six register rows (each line ends with '\n'; documented in the README).
 pub fn write_report(failure: &Failure, out: &mut impl fmt::Write) -> fmt::Result {
     writeln!(out, "{failure}")?;
-    if let Failure::Exception { frame, .. } = failure {
+    if let Failure::Exception { frame, .. } | Failure::Hang { frame, .. } = failure {
         let dump = RegisterDump {
             frame,
             control: crate::arch::instructions::control_registers(),
@@ -150,14 +163,17 @@ pub fn print_report(failure: &Failure) {
     print_report_text(&text);
 }
 
-/// Entry from the exception stubs. An NMI is noted and returns (nothing sends NMIs yet;
-/// the watchdog will); every other vector is a hypervisor failure.
+/// Entry from the exception stubs. An NMI is a watchdog tick: a hang if the watchdog
+/// says so, else it returns (nothing may be logged: the NMI can interrupt the console);
+/// every other vector is a hypervisor failure.
 pub fn on_exception(vector: u8, frame: &mut ExceptionFrame) {
     if vector == 2 {
-        log::warn!(
-            "nmi: received at rip={:#x}, no watchdog armed; ignored",
-            frame.rip
-        );
+        if crate::watchdog::on_host_nmi(frame.rip) {
+            fail(&Failure::Hang {
+                rip: frame.rip,
+                frame,
+            })
+        }
         return;
     }
     fail(&Failure::Exception { vector, frame })

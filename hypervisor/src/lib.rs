@@ -22,3 +22,4 @@ pub mod memory;
 pub mod triggers;
 pub mod vm;
 pub mod vmx;
+pub mod watchdog;

@@ -31,10 +31,14 @@ pub enum Trigger {
     /// Makes the named VM's arena record inconsistent (its configuration checksum), then
     /// panics: recovery must stop that VM and only that one.
     CorruptVm,
+    /// CLI, then spin forever: only the watchdog can notice.
+    Hang,
+    /// Take an arena lock this CPU already holds: spins forever with interrupts off.
+    Deadlock,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 10] = [
+    pub const ALL: [Trigger; 12] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -45,6 +49,8 @@ impl Trigger {
         Trigger::MidExit,
         Trigger::RecoveryFail,
         Trigger::CorruptVm,
+        Trigger::Hang,
+        Trigger::Deadlock,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -60,6 +66,8 @@ impl Trigger {
             Trigger::MidExit => "mid-exit",
             Trigger::RecoveryFail => "recovery-fail",
             Trigger::CorruptVm => "corrupt-vm",
+            Trigger::Hang => "hang",
+            Trigger::Deadlock => "deadlock",
         }
     }
 
@@ -151,7 +159,28 @@ pub fn fire(trigger: Trigger) {
         Trigger::VmcsHost | Trigger::MidExit => {
             arm(trigger);
         }
+        Trigger::Hang => {
+            crate::arch::instructions::disable_interrupts();
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        Trigger::Deadlock => {
+            // Without VMs there is no arena: a lock of the same kind stands in.
+            static LOCK: crate::arena::lock::ArenaLock = crate::arena::lock::ArenaLock::new();
+            deadlock(&LOCK)
+        }
     }
+}
+
+/// Trigger `deadlock`: takes `lock` (the arena's, when VMs run) twice on the same CPU with
+/// interrupts off; the second acquire waits for a release that can never come.
+#[cfg(target_os = "none")]
+pub fn deadlock(lock: &crate::arena::lock::ArenaLock) -> ! {
+    crate::arch::instructions::disable_interrupts();
+    lock.acquire(0, 0);
+    lock.acquire(0, 0);
+    unreachable!("an arena lock was taken twice")
 }
 
 #[cfg(test)]
@@ -166,7 +195,7 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock"
         );
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {

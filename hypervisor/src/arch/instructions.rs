@@ -99,6 +99,17 @@ pub fn halt_forever() -> ! {
     }
 }
 
+/// Invalidates the TLB entries for the page holding linear address `addr` (SDM Vol. 2A
+/// "INVLPG"; for a 2 MiB page, the whole page's entry).
+///
+/// # Safety
+/// None beyond CPL 0: dropping a TLB entry only makes the CPU re-read the page tables.
+#[inline]
+pub unsafe fn invlpg(addr: u64) {
+    // SAFETY: INVLPG changes no memory and no register; the next access re-walks the tables.
+    unsafe { asm!("invlpg [{}]", in(reg) addr, options(nostack, preserves_flags)) };
+}
+
 /// Hints to the CPU that this is a busy-wait loop.
 #[inline]
 pub fn pause() {

@@ -87,7 +87,7 @@ commands:
   cpu             processor identity and VT-x capabilities
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud
-                  de bp vmcs-host mid-exit recovery-fail; trigger corrupt-vm NAME
+                  de bp vmcs-host mid-exit recovery-fail hang deadlock; trigger corrupt-vm NAME
   recovery        the recoveries so far: one `recovery` line each
   vm list         every VM: state, exits, CPU share, memory
   vm stats NAME   a VM's counters and its exits by reason
@@ -128,7 +128,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
                 expected:
-                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm",
+                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock",
             }),
             Some(kind) => match Trigger::from_name(kind) {
                 Some(t) if t.needs_vm() => {
@@ -366,11 +366,11 @@ mod tests {
         );
         assert_eq!(
             run("trigger", &mut m),
-            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm)\n"
+            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock)\n"
         );
         assert_eq!(
             run("trigger boom", &mut m),
-            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm)\n"
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock)\n"
         );
     }
 

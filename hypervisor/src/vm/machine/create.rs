@@ -258,7 +258,7 @@ impl Vms {
                 .map_or(&[][..], module_bytes),
         };
         let mut ram = Ram::of(vm);
-        ram.bytes().fill(0);
+        zero_petting(ram.bytes());
         vm.vcpu.regs = GuestRegisters::default();
         if vm.config.kind == arena::KIND_LINUX {
             // Checked when the VM was created; the module cannot have changed since.
@@ -282,6 +282,7 @@ impl Vms {
             }
             vm.vcpu.regs.rdi = abi::START_INFO_GPA;
         }
+        crate::watchdog::pet();
         write_guest_tables(&mut ram, vm);
         vm.vcpu.journal = arena::Journal::default();
         vm.vcpu.xcr0 = 1;
@@ -322,6 +323,15 @@ impl Vms {
             }
         }
         Ok(())
+    }
+}
+
+/// Zeroes a VM's RAM in 1 MiB pieces, petting the watchdog after each: all of it at once
+/// (up to 8 GiB; 128 MiB takes seconds in Bochs) could outlast the watchdog's second.
+fn zero_petting(bytes: &mut [u8]) {
+    for piece in bytes.chunks_mut(1 << 20) {
+        piece.fill(0);
+        crate::watchdog::pet();
     }
 }
 

@@ -17,6 +17,7 @@ impl Vms {
     /// Runs one VM entry and handles the exit it ends with. Returns false when no VM
     /// can run (the caller idles).
     pub fn step(&mut self) -> bool {
+        crate::watchdog::pet();
         let now = rdtsc();
         let slot = match self.current {
             Some(s)
@@ -86,6 +87,9 @@ impl Vms {
             );
         }
         let exit = exit.exit;
+        if exit.reason == ExitReason::ExceptionOrNmi && is_nmi(exit.interruption_info) {
+            crate::watchdog::on_guest_nmi_exit();
+        }
         let j = &mut vm.vcpu.journal;
         j.phase = Phase::Handling as u32;
         j.exit_seq += 1;
@@ -183,6 +187,7 @@ impl Vms {
         match trigger {
             Trigger::RecoveryFail => self.root.recovery.fail_next_recovery = count,
             Trigger::CorruptVm => self.root.vms[slot].config_checksum ^= 1,
+            Trigger::Deadlock => crate::triggers::deadlock(&self.root.lock),
             _ => {}
         }
         crate::triggers::fire(trigger);
@@ -364,6 +369,12 @@ pub(super) fn read_exit(
         }
     }
     Ok(ReadExit { exit, entry_failed })
+}
+
+/// Whether a VM-exit interruption-information field describes an NMI (a watchdog tick).
+pub(super) fn is_nmi(info: u32) -> bool {
+    let info = crate::vmx::exit::InterruptionInfo::from_raw(info);
+    info.valid && info.kind == crate::vmx::exit::InterruptionKind::Nmi
 }
 
 /// Sends the EOI for an interrupt acknowledged by a VM exit (interruption info valid).
