@@ -1111,7 +1111,16 @@ fn report(o: &Options, run: Option<&Run>) -> String {
         .and_then(|t| t.split(' ').next())
         .and_then(|t| t.parse().ok());
     let us = |cycles: f64| mhz.map(|m| cycles / m);
-    let fmt_us = |cycles: f64| us(cycles).map_or("?".to_string(), |u| format!("{u:.0} µs"));
+    // Emulated time: µs up to 10 ms, then ms.
+    let fmt_us = |cycles: f64| {
+        us(cycles).map_or("?".to_string(), |u| {
+            if u < 10_000.0 {
+                format!("{u:.0} µs")
+            } else {
+                format!("{:.1} ms", u / 1000.0)
+            }
+        })
+    };
     let cold: Option<u64> = find_after(lines, "[lazarus] INFO  boot: first VM entry ")
         .and_then(|t| t.split(' ').next())
         .and_then(|t| t.parse().ok());
