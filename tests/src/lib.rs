@@ -555,3 +555,36 @@ pub mod linux {
         m.wait_for_text(&format!("[{vm}] lazarus-guest: file seq={} ", n - 1), RUN);
     }
 }
+
+/// The in-tree test guest's `mode=work` lines, checked (guests/testguest/src/main.rs).
+pub mod testguest {
+    use std::collections::HashMap;
+
+    use crate::{pattern_checksum, Machine, Regex};
+
+    /// Every `[VM] seq=N sum=0x... ok` line seen so far, per VM, checked: the checksum is
+    /// the one iteration N must produce, the sequence has no gap, and no line says
+    /// CORRUPT. Returns each VM's last N.
+    pub fn checked_sequences(m: &Machine) -> HashMap<String, u64> {
+        let re = Regex::new(r"^\[([a-z0-9_-]+)\] seq=(\d+) sum=0x([0-9a-f]{16}) (ok|expected=.*)$")
+            .unwrap();
+        let mut last: HashMap<String, u64> = HashMap::new();
+        for line in m.lines() {
+            assert!(
+                !line.contains("CORRUPT"),
+                "guest reported corruption: {line}"
+            );
+            let Some(c) = re.captures(&line) else {
+                continue;
+            };
+            let (vm, n) = (c[1].to_string(), c[2].parse::<u64>().unwrap());
+            let sum = u64::from_str_radix(&c[3], 16).unwrap();
+            assert_eq!(&c[4], "ok", "{line}");
+            assert_eq!(sum, pattern_checksum(n), "wrong checksum in: {line}");
+            let expected = last.get(&vm).map_or(1, |p| p + 1);
+            assert_eq!(n, expected, "sequence gap for {vm}: {line}");
+            last.insert(vm, n);
+        }
+        last
+    }
+}
