@@ -1,0 +1,371 @@
+//! Recovery from the hypervisor's own failures (Bochs): every `trigger` kind, one after
+//! the other in one run, while three Linux VMs run their self-checking workloads; a
+//! recovery that fails once and a VM whose record is corrupt; and a quick check with the
+//! in-tree test guest. A recovery must be, to a VM, only a stall: every workload line is
+//! still checked (checksum, no sequence gap, uptime never going backwards), each VM
+//! keeps making progress, no VM boots again, and a VM created afterwards boots and runs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use lazarus_tests::linux::{checked, steps, wait_steps, CMDLINE, RUN};
+use lazarus_tests::testguest::checked_sequences;
+use lazarus_tests::{
+    image_with_modules, linux_guest, test_guest, work_dir, Firmware, Machine, Platform, Regex,
+};
+
+const BOOT: Duration = Duration::from_secs(120);
+/// From the trigger to its `recovery` line (a hang takes the watchdog about a second of
+/// emulated time to notice).
+const RECOVERY: Duration = Duration::from_secs(120);
+
+/// The triggers of the ten-failure run, in firing order (kinds mixed), with the cause
+/// each recovery line must name.
+const TRIGGERS: [(&str, &str); 10] = [
+    ("panic", "panic"),
+    ("pf", "exception#PF"),
+    ("vmcs-host", "vmx"),
+    ("gp", "exception#GP"),
+    ("mid-exit", "panic"),
+    ("hang", "hang"),
+    ("ud", "exception#UD"),
+    ("de", "exception#DE"),
+    ("deadlock", "hang"),
+    ("bp", "exception#BP"),
+];
+
+/// One `recovery` line, parsed.
+struct Recovery {
+    line: String,
+    number: u64,
+    cause: String,
+    fields: HashMap<String, u64>,
+}
+
+impl Recovery {
+    fn parse(line: &str) -> Option<Recovery> {
+        let re = Regex::new(
+            r"^(?:\[lazarus\] INFO  )?recovery (\d+): cause=(\S+) attempts=\d+ latency=\d+ failpath=\d+ boot=\d+ repair=\d+ entry=\d+ locks=\d+ exits=\d+ runnable=\d+ ept=\d+ ept_rebuilt=\d+ vmcs=\d+ interrupts=\d+ timers=\d+ devices=\d+ stopped=\d+$",
+        )
+        .unwrap();
+        let c = re.captures(line)?;
+        let fields = line
+            .split(' ')
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect();
+        Some(Recovery {
+            line: line.to_string(),
+            number: c[1].parse().unwrap(),
+            cause: c[2].to_string(),
+            fields,
+        })
+    }
+
+    fn get(&self, field: &str) -> u64 {
+        self.fields[field]
+    }
+}
+
+/// Types `trigger KIND` and waits for the recovery it causes: the trigger's own line
+/// (`firing`, or `armed` for those that fire later), the failure report, then the
+/// recovery line, which must be number `number`, name `cause`, and add up.
+fn fire(m: &mut Machine, kind: &str, cause: &str, number: u64) -> Recovery {
+    m.send_line(&format!("trigger {kind}"));
+    match kind {
+        "vmcs-host" => m.expect_line(
+            r"^trigger: vmcs-host armed: fires at the next VM entry$",
+            RECOVERY,
+        ),
+        "mid-exit" => m.expect_line(
+            r"^trigger: mid-exit armed: fires at the next VM exit$",
+            RECOVERY,
+        ),
+        _ => {
+            let name = kind.split(' ').next().unwrap();
+            m.expect_line(
+                &format!(r"^\[lazarus\] WARN  trigger: firing '{name}'$"),
+                RECOVERY,
+            )
+        }
+    };
+    let report = match cause {
+        "panic" => r"panic at \S+:\d+:\d+: .+".to_string(),
+        "vmx" => r"vmx: .+ failed for vm [a-z0-9_-]+: .+".to_string(),
+        "hang" => r"hang: no progress for \d+ ms \(rip=0x[0-9a-f]+\)$".to_string(),
+        c if c.starts_with("exception#") => {
+            format!(
+                r"exception #{} .+ \(vector \d+\) ",
+                &c["exception#".len()..]
+            )
+        }
+        _ => ".+".to_string(),
+    };
+    m.expect_line(
+        &format!(r"^\[lazarus\] ERROR hypervisor failure: {report}"),
+        RECOVERY,
+    );
+    if cause.starts_with("exception#") || cause == "hang" {
+        for first in ["rax", "rsi", "r8", "r12", "rip", "cr0"] {
+            m.expect_line(
+                &format!(r"^\[lazarus\] ERROR   {first}=0x[0-9a-f]{{16}} "),
+                RECOVERY,
+            );
+        }
+    }
+    let line = m.expect_line_not_after(
+        r"^\[lazarus\] INFO  recovery \d+: ",
+        r"^\[lazarus\] ERROR (?:halted|hypervisor failure)",
+        RECOVERY,
+    );
+    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed recovery line: {line}"));
+    assert_eq!(r.number, number, "{line}");
+    assert_eq!(r.cause, cause, "trigger {kind}: {line}");
+    assert_eq!(
+        r.get("latency"),
+        r.get("failpath") + r.get("boot") + r.get("repair") + r.get("entry"),
+        "the latency is the sum of its parts: {line}"
+    );
+    assert!(r.get("latency") > 0, "{line}");
+    r
+}
+
+/// Each of `vms` printed `init started` exactly once: no recovery made a VM boot again.
+fn assert_booted_once(m: &Machine, vms: &[&str]) {
+    let lines = m.lines();
+    for vm in vms {
+        let prefix = format!("[{vm}] lazarus-guest: init started");
+        let boots = lines.iter().filter(|l| l.starts_with(&prefix)).count();
+        assert_eq!(boots, 1, "{vm} booted {boots} times");
+    }
+}
+
+/// Waits until each of `vms` has done at least one more file step than it had so far,
+/// then checks every workload line.
+fn progress(m: &mut Machine, vms: &[&str]) {
+    let before: Vec<u64> = vms.iter().map(|vm| steps(m, vm)).collect();
+    for (vm, n) in vms.iter().zip(&before) {
+        wait_steps(m, vm, n + 1);
+    }
+    checked(m);
+}
+
+/// Boots Lazarus with `triggers=on` and the Linux VMs `vms` (comma-separated), each
+/// pausing a second between steps; module 0 is the kernel, module 1 the initramfs.
+fn boot_linux(name: &str, vms: &str) -> Machine {
+    let (kernel, initrd) = linux_guest();
+    let kernel_line = format!("vm={vms} kernel mem=80M \"cmdline={CMDLINE} lzpause=1\"");
+    let initrd_line = format!("vm={vms} initrd");
+    let dir = work_dir(name);
+    let modules: [(&Path, &str); 2] = [(&kernel, &kernel_line), (&initrd, &initrd_line)];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 512);
+    m.wait_prompt(BOOT);
+    m
+}
+
+/// The `recovery` command: its recovery lines (checked against the ones printed when
+/// each happened) and the count in its last line.
+fn recovery_command(m: &mut Machine, printed: &[Recovery]) {
+    let reply = m.command("recovery");
+    let lines: Vec<&str> = reply.lines().collect();
+    assert_eq!(lines.len(), printed.len() + 1, "{reply}");
+    for (i, (listed, seen)) in lines.iter().zip(printed).enumerate() {
+        let listed = Recovery::parse(listed).unwrap_or_else(|| panic!("malformed: {listed}"));
+        assert_eq!(listed.number, i as u64 + 1, "{reply}");
+        assert_eq!(
+            listed.line,
+            seen.line.trim_start_matches("[lazarus] INFO  "),
+            "the log repeats the line printed at the time"
+        );
+    }
+    let total =
+        Regex::new(r"^recovery: (\d+) recoveries since cold boot \(generation (\d+)\)$").unwrap();
+    let c = total
+        .captures(lines[lines.len() - 1])
+        .unwrap_or_else(|| panic!("no total line: {reply}"));
+    assert_eq!(c[1].parse::<usize>().unwrap(), printed.len(), "{reply}");
+    assert!(
+        c[2].parse::<usize>().unwrap() > printed.len(),
+        "a generation per recovery boot: {reply}"
+    );
+}
+
+#[test]
+fn ten_mixed_failures_in_one_run_and_three_linux_vms_stay_correct() {
+    let vms = ["web", "db", "cache"];
+    let mut m = boot_linux("recovery_linux_ten", "web,db,cache");
+    for vm in vms {
+        wait_steps(&mut m, vm, 1);
+    }
+    checked(&m);
+
+    let mut recoveries = Vec::new();
+    for (i, (kind, cause)) in TRIGGERS.iter().enumerate() {
+        let r = fire(&mut m, kind, cause, i as u64 + 1);
+        let line = &r.line;
+        assert_eq!(r.get("attempts"), 1, "{line}");
+        assert_eq!(r.get("stopped"), 0, "no VM stopped: {line}");
+        assert_eq!(
+            r.get("exits"),
+            u64::from(*kind == "mid-exit"),
+            "only mid-exit leaves a VM exit to roll back: {line}"
+        );
+        assert_eq!(
+            r.get("locks"),
+            u64::from(*kind == "deadlock"),
+            "only deadlock leaves a lock held: {line}"
+        );
+        // A stall, nothing more: every VM goes on where it was.
+        progress(&mut m, &vms);
+        assert_booted_once(&m, &vms);
+        recoveries.push(r);
+    }
+    let list = m.command("vm list");
+    for vm in vms {
+        assert!(
+            list.lines().any(|l| l.starts_with(&format!("{vm} id="))
+                && (l.contains(" state=running ") || l.contains(" state=idle "))),
+            "{vm} is not running: {list}"
+        );
+    }
+    recovery_command(&mut m, &recoveries);
+
+    // A VM created after all that boots and runs its workload.
+    let reply = m.command(&format!(
+        "vm create module=0 initrd=1 vm=fresh kernel mem=80M \"cmdline={CMDLINE} lzpause=1\""
+    ));
+    assert!(reply.ends_with("vm fresh: created\n"), "{reply}");
+    m.expect_line(r"^\[fresh\] lazarus-guest: init started uptime=", RUN);
+    wait_steps(&mut m, "fresh", 3);
+    let all = ["web", "db", "cache", "fresh"];
+    progress(&mut m, &all);
+    assert_booted_once(&m, &all);
+}
+
+#[test]
+fn a_failed_recovery_is_retried_and_a_corrupt_vm_is_stopped_alone() {
+    let vms = ["web", "db", "cache"];
+    let mut m = boot_linux("recovery_linux_nested", "web,db,cache");
+    for vm in vms {
+        wait_steps(&mut m, vm, 1);
+    }
+
+    // Recovery itself panics once: the second attempt succeeds and no VM notices.
+    m.send_line("trigger recovery-fail");
+    m.expect_line(
+        r"^\[lazarus\] WARN  trigger: firing 'recovery-fail'$",
+        RECOVERY,
+    );
+    m.expect_line(
+        r"^\[lazarus\] ERROR hypervisor failure: panic at \S+: trigger: deliberate panic",
+        RECOVERY,
+    );
+    m.expect_line(r"^\[lazarus\] ERROR recovery attempt 1 failed:", RECOVERY);
+    let line = m.expect_line(r"^\[lazarus\] INFO  recovery \d+: ", RECOVERY);
+    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!(
+        (
+            first.number,
+            first.cause.as_str(),
+            first.get("attempts"),
+            first.get("stopped")
+        ),
+        (1, "panic", 2, 0),
+        "{line}"
+    );
+    progress(&mut m, &vms);
+    assert_booted_once(&m, &vms);
+
+    // db's record no longer adds up: recovery stops db, and only db.
+    let second = fire(&mut m, "corrupt-vm db", "panic", 2);
+    assert_eq!(second.get("stopped"), 1, "{}", second.line);
+    let list = m.command("vm list");
+    let re = Regex::new(r"^(\w+) id=\d+ state=(\w+) .*$").unwrap();
+    let states: HashMap<String, String> = list
+        .lines()
+        .filter_map(|l| re.captures(l))
+        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .collect();
+    assert_eq!(states.len(), 3, "{list}");
+    assert_eq!(states["db"], "stopped", "{list}");
+    assert!(
+        list.lines().any(|l| l.starts_with("db id=2 state=stopped")
+            && Regex::new(
+                r#" reason="recovery: state corrupt: vm slot \d+: configuration checksum mismatch"$"#
+            )
+            .unwrap()
+            .is_match(l)),
+        "{list}"
+    );
+    for vm in ["web", "cache"] {
+        assert!(
+            matches!(states[vm].as_str(), "running" | "idle"),
+            "{vm}: {list}"
+        );
+    }
+    let db_steps = steps(&m, "db");
+    progress(&mut m, &["web", "cache"]);
+    progress(&mut m, &["web", "cache"]);
+    assert_eq!(steps(&m, "db"), db_steps, "db ran after it was stopped");
+    assert_booted_once(&m, &vms);
+
+    let reply = m.command("vm reset db");
+    assert!(
+        reply.starts_with("error: ") && reply.contains("cannot be reset"),
+        "{reply}"
+    );
+    assert!(m.command("vm list").contains("db id=2 state=stopped"));
+    recovery_command(&mut m, &[first, second]);
+    progress(&mut m, &["web", "cache"]);
+}
+
+#[test]
+fn test_guests_count_on_through_a_panic_and_a_failure_mid_exit() {
+    let dir = work_dir("recovery_testguest");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 2] = [
+        (&guest, "vm=alpha elf mem=8M mode=work burn=20"),
+        (&guest, "vm=beta elf mem=8M mode=work burn=20"),
+    ];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    // Each VM prints `n` more work lines, and every line so far is checked.
+    let wait_more = |m: &mut Machine, n: u64| {
+        let last = checked_sequences(m);
+        for vm in ["alpha", "beta"] {
+            let next = last.get(vm).copied().unwrap_or(0) + n;
+            m.wait_for_text(&format!("[{vm}] seq={next} sum="), RUN);
+        }
+        checked_sequences(m);
+    };
+    wait_more(&mut m, 3);
+
+    let panic = fire(&mut m, "panic", "panic", 1);
+    assert_eq!(panic.get("exits"), 0, "{}", panic.line);
+    wait_more(&mut m, 3);
+    let mid = fire(&mut m, "mid-exit", "panic", 2);
+    assert_eq!(mid.get("exits"), 1, "the exit is rolled back: {}", mid.line);
+    wait_more(&mut m, 3);
+
+    for r in [&panic, &mid] {
+        assert_eq!(r.get("attempts"), 1, "{}", r.line);
+        assert_eq!(r.get("stopped"), 0, "{}", r.line);
+    }
+    let list = m.command("vm list");
+    assert!(
+        list.contains("alpha id=1 state=running") && list.contains("beta id=2 state=running"),
+        "{list}"
+    );
+    let lines = m.lines();
+    for vm in ["alpha", "beta"] {
+        let starts = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("[{vm}] start name={vm}")))
+            .count();
+        assert_eq!(starts, 1, "{vm} started again");
+    }
+    recovery_command(&mut m, &[panic, mid]);
+}
