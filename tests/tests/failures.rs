@@ -153,7 +153,7 @@ fn triggers_are_refused_unless_enabled() {
 /// The watchdog line every Bochs boot prints (the Bochs BIOS's MADT overrides IRQ 0 to
 /// GSI 2, and Bochs wires the PIT to I/O APIC pin 2).
 const WATCHDOG_LINE: &str =
-    "[lazarus] INFO  watchdog: NMI every 10 ms from the PIT via IO-APIC pin 2, hang after 1000 ms";
+    "[lazarus] INFO  watchdog: NMI every 50 ms from the PIT via IO-APIC pin 2, hang after 1000 ms";
 
 #[test]
 fn hangs_are_caught_by_the_watchdog() {

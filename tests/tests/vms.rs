@@ -122,6 +122,8 @@ fn three_vms_run_side_by_side_with_correct_checksums() {
         "one OUT and one IN to port 0x80: {stats}"
     );
     assert!(counter("unknown_msr") >= 1, "{stats}");
+    // VMCS, XSAVE area, and an EPT of three tables (PML4, PDPT, one PD of 2 MiB pages).
+    assert_eq!(counter("arena_pages"), 5, "{stats}");
     assert!(
         counter("hypercalls") >= 10 && counter("hypercall_errors") >= 3,
         "{stats}"
@@ -382,7 +384,7 @@ fn the_watchdog_ticks_through_running_vms_without_a_false_hang() {
             "vm=gamma elf mem=8M mode=spin",
         ],
     );
-    let watchdog = "[lazarus] INFO  watchdog: NMI every 10 ms from the PIT via IO-APIC pin 2, hang after 1000 ms";
+    let watchdog = "[lazarus] INFO  watchdog: NMI every 50 ms from the PIT via IO-APIC pin 2, hang after 1000 ms";
     assert!(m.lines().iter().any(|l| l == watchdog), "no watchdog line");
     wait_seq(&mut m, "alpha", 2);
     let start = std::time::Instant::now();

@@ -41,12 +41,15 @@ impl Vms {
         let Some(slot) = self.root.find_vm(name) else {
             return writeln!(out, "error: vm: no VM named '{name}'");
         };
-        let s = &self.root.vms[slot].stats;
+        let vm = &self.root.vms[slot];
+        let s = &vm.stats;
+        // The VMCS and XSAVE pages and the EPT tables of its one mapping.
+        let arena_pages = 2 + Ept::tables_needed(&[ram_mapping(vm)], &self.caps.ept);
         writeln!(
             out,
-            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={} interrupts={} timer_missed={} time_ms={}",
+            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={} interrupts={} timer_missed={} time_ms={} arena_pages={arena_pages}",
             s.exits, s.guest_tsc, s.unclaimed_io, s.unknown_msr, s.hypercalls, s.hypercall_errors, s.interrupts, s.timer_missed,
-            guest_ns(&self.root.vms[slot], &self.caps) / 1_000_000
+            guest_ns(vm, &self.caps) / 1_000_000
         )?;
         for reason in ExitReason::ALL {
             let n = s.by_reason[reason.index()];

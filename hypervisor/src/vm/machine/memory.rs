@@ -136,3 +136,17 @@ pub fn module_bytes(m: Range) -> &'static [u8] {
     // written, so a shared view of them is sound for the hypervisor's lifetime.
     unsafe { core::slice::from_raw_parts(m.start as *const u8, m.len() as usize) }
 }
+
+/// All of a VM's RAM at guest-physical 0, readable, writable and executable.
+pub(super) fn ram_mapping(vm: &VmRecord) -> Mapping {
+    Mapping {
+        gpa: 0,
+        hpa: vm.config.ram_start,
+        len: vm.config.ram_size,
+        access: Access {
+            read: true,
+            write: true,
+            execute: true,
+        },
+    }
+}

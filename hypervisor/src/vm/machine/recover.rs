@@ -188,20 +188,6 @@ impl Vms {
     }
 }
 
-/// All of a VM's RAM at guest-physical 0, readable, writable and executable.
-fn ram_mapping(vm: &VmRecord) -> Mapping {
-    Mapping {
-        gpa: 0,
-        hpa: vm.config.ram_start,
-        len: vm.config.ram_size,
-        access: Access {
-            read: true,
-            write: true,
-            execute: true,
-        },
-    }
-}
-
 /// The FPU/SSE/AVX registers and the swapped MSRs still hold the state of the VM that
 /// was current when the hypervisor failed (the host never touches them, and a microreboot
 /// does not reset them): save them into its record before anything else can.
