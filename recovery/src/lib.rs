@@ -36,6 +36,17 @@ mod machine {
     /// state fails a check is stopped (and counted); a failure of the machine itself
     /// (INVEPT) is a hypervisor failure, which retries the recovery.
     pub fn repair(vms: &mut Vms) -> Repairs {
+        let before = resumable_mask(vms);
+        let r = passes_in_order(vms);
+        vms.root_mut().recovery.stopped_slots = before & !resumable_mask(vms);
+        r
+    }
+
+    fn resumable_mask(vms: &Vms) -> u32 {
+        resumable_slots(vms).iter().fold(0, |m, &s| m | 1 << s)
+    }
+
+    fn passes_in_order(vms: &mut Vms) -> Repairs {
         let mut r = Repairs::default();
         let root = vms.root_mut();
         let attempts = root.recovery.current.attempts;

@@ -281,6 +281,16 @@ fn a_failed_recovery_is_retried_and_a_corrupt_vm_is_stopped_alone() {
     // db's record no longer adds up: recovery stops db, and only db.
     let second = fire(&mut m, "corrupt-vm db", "panic", 2);
     assert_eq!(second.get("stopped"), 1, "{}", second.line);
+    let stop_lines: Vec<String> = m
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("[lazarus] ERROR vm ") && l.contains(": stopped: recovery: "))
+        .collect();
+    assert_eq!(
+        stop_lines,
+        ["[lazarus] ERROR vm db: stopped: recovery: state corrupt: vm slot 1: configuration checksum mismatch"],
+        "one stop line, for db"
+    );
     let list = m.command("vm list");
     let re = Regex::new(r"^(\w+) id=\d+ state=(\w+) .*$").unwrap();
     let states: HashMap<String, String> = list

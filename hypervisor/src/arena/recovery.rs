@@ -155,7 +155,8 @@ pub struct RecoveryState {
     /// Test trigger `recovery-fail`: how many of the next recovery attempts fail on
     /// purpose, mid-repair.
     pub fail_next_recovery: u32,
-    pub _pad: u32,
+    /// Bit `slot` set for each VM the recovery in progress stopped (printed with it).
+    pub stopped_slots: u32,
     /// Completed recoveries: `log[(n - 1) % RECOVERY_LOG]` is number n.
     pub completed: u64,
     pub log: [RecoveryRecord; RECOVERY_LOG],

@@ -211,8 +211,14 @@ impl Vms {
         r.pending_print = 0;
         r.current.t_entry = entered;
         let record = r.complete();
+        let stopped = core::mem::take(&mut r.stopped_slots);
         crate::failure::print_report_text(r.report());
-        log::info!("{record}");
+        for (slot, vm) in self.root.vms.iter().enumerate() {
+            if stopped & (1 << slot) != 0 {
+                log::error!("vm {}: stopped: {}", vm.name(), vm.stop_reason());
+            }
+        }
+        log::info!("{}", record);
     }
 
     pub(super) fn apply(&mut self, slot: usize, outcome: Outcome) {
