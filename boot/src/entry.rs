@@ -15,9 +15,11 @@
 //! 4. Check CPUID.80000001h:EDX.LM[bit 29]; a CPU without long mode gets a message.
 //! 5. Build the boot page tables: PML4[0] -> PDPT, PDPT[0..4] -> four page directories
 //!    of 2 MiB pages, identity-mapping the first 4 GiB (SDM Vol. 3A §4.5). The image,
-//!    the MBI, GRUB's modules, ACPI tables and the arena all lie below 4 GiB.
+//!    the MBI, GRUB's modules, ACPI tables and the arena all lie below 4 GiB. The first
+//!    2 MiB go through a table of 4 KiB pages instead, with page 0 execute-disabled
+//!    (XD, bit 63, when CPUID.80000001h:EDX[20] says the CPU has it; EBP remembers).
 //! 6. Enable PAE (CR4 bit 5), point CR3 at the PML4, set IA32_EFER.LME (MSR 0xC0000080
-//!    bit 8), then enable paging with write protection (CR0 bits 31 and 16): the CPU is
+//!    bit 8) and, with XD, EFER.NXE (bit 11), then enable paging with write protection (CR0 bits 31 and 16): the CPU is
 //!    now in IA-32e compatibility mode (SDM Vol. 3A §10.8.5, "Initializing IA-32e mode").
 //! 7. Load a GDT with a 64-bit code segment and far-jump into it: long mode proper.
 //! 8. Load the data segment registers, pass the MBI address in EDI (first argument of
@@ -73,6 +75,8 @@ boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4096 * 4
+boot_pt:
+    .skip 4096
     .global boot_stack_bottom
 boot_stack_bottom:
     .skip 256 * 1024
@@ -131,6 +135,8 @@ _start:
     cpuid
     test edx, 0x20000000
     jz .Lno_long_mode
+    mov ebp, edx
+    and ebp, 0x100000                                   /* EDX bit 20: execute-disable (NX) */
     /* 5. */
     mov eax, offset boot_pdpt
     or eax, 3                                           /* present, writable */
@@ -154,6 +160,25 @@ _start:
     inc ecx
     cmp ecx, 2048
     jb .Lfill_pd
+    /* The first 2 MiB through a page table of 4 KiB pages, so that page 0 can be made
+       non-executable: a jump to address 0 (the fault injector's fail-stop fault, or a
+       null function pointer) faults at once instead of running the BIOS data there. */
+    mov eax, offset boot_pt
+    or eax, 3
+    mov dword ptr [boot_pd], eax
+    xor ecx, ecx
+.Lfill_pt:
+    mov eax, ecx
+    shl eax, 12
+    or eax, 3                                           /* present, writable */
+    mov dword ptr [boot_pt + 8 * ecx], eax
+    inc ecx
+    cmp ecx, 512
+    jb .Lfill_pt
+    test ebp, ebp
+    jz .Lno_nx
+    mov dword ptr [boot_pt + 4], 0x80000000             /* page 0: XD (bit 63) */
+.Lno_nx:
     /* 6. */
     mov eax, cr4
     or eax, 0x20
@@ -163,6 +188,10 @@ _start:
     mov ecx, 0xc0000080
     rdmsr
     or eax, 0x100
+    test ebp, ebp
+    jz .Lefer
+    or eax, 0x800                                       /* EFER.NXE (bit 11), if NX exists */
+.Lefer:
     wrmsr
     mov eax, cr0
     or eax, 0x80010001

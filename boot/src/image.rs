@@ -6,6 +6,8 @@ unsafe extern "C" {
     static __image_start: u8;
     static __pristine_start: u8;
     static __pristine_end: u8;
+    static __data_start: u8;
+    static __bss_end: u8;
     static __image_end: u8;
 }
 
@@ -23,4 +25,10 @@ pub fn whole() -> Range {
 pub fn pristine_payload() -> Range {
     // SAFETY: as above.
     unsafe { Range::new(addr(&__pristine_start), addr(&__pristine_end)) }
+}
+
+/// `.data` and `.bss`: the hypervisor's static data (what a data fault may hit).
+pub fn static_data() -> Range {
+    // SAFETY: as above.
+    unsafe { Range::new(addr(&__data_start), addr(&__bss_end)) }
 }

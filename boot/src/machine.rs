@@ -106,6 +106,27 @@ impl Machine for BootMachine {
         )
     }
 
+    fn inject(&mut self, plan: hypervisor::inject::Plan, out: &mut dyn Write) -> fmt::Result {
+        use hypervisor::inject::machine;
+        if !machine::enabled() {
+            return writeln!(
+                out,
+                "error: inject: injection is disabled (boot with inject=on)"
+            );
+        }
+        if !machine::arm(plan) {
+            return writeln!(out, "error: inject: an injection is already armed");
+        }
+        writeln!(
+            out,
+            "inject: armed {} seed={}: stepping starts at VM exit {} from now, the fault comes at step {}",
+            plan.fault.name(),
+            plan.seed,
+            plan.exits,
+            plan.steps
+        )
+    }
+
     fn recovery(&self, out: &mut dyn Write) -> fmt::Result {
         match &self.vms {
             Some(vms) => vms.recoveries(out),

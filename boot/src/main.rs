@@ -164,6 +164,20 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         }
     }
 
+    if options.inject.enabled() {
+        enable_injector(&layout, vms.as_ref());
+        if let cmdline::Inject::Plan(kind, seed) = options.inject {
+            let plan = hypervisor::inject::Plan::from_seed(kind, seed);
+            hypervisor::inject::machine::arm(plan);
+            warn!(
+                "inject: armed {} seed={} from the command line: stepping starts at VM exit {}, the fault comes at step {}",
+                kind.name(),
+                seed,
+                plan.exits,
+                plan.steps
+            );
+        }
+    }
     let machine = machine::BootMachine {
         layout,
         cpu,
@@ -186,6 +200,18 @@ fn bring_up_cpu() {
     // A recovery after a hang starts inside the watchdog's NMI handler, with NMIs
     // blocked until an IRET: end that now that the IDT is in place (harmless otherwise).
     nmi::unblock_nmis();
+}
+
+/// `inject=` on the command line: the injector may be armed, and aims at this image's
+/// static data, the heap and the arena's lock.
+fn enable_injector(layout: &memory::Layout, vms: Option<&Vms>) {
+    use hypervisor::inject::machine;
+    machine::enable();
+    machine::set_targets(
+        image::static_data(),
+        layout.heap,
+        vms.map_or(0, Vms::arena_lock_addr),
+    );
 }
 
 /// What both boots end in: the VMs run, and the console (unless `console=off`). A
@@ -298,6 +324,9 @@ extern "C" fn lazarus_recovery_entry() -> ! {
         root.recovery.pending_print = 1;
     } else {
         vms.finish_recovery(now);
+    }
+    if options.inject.enabled() {
+        enable_injector(&layout, Some(&vms));
     }
     let machine = machine::BootMachine {
         layout,

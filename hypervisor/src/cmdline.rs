@@ -59,6 +59,36 @@ pub struct Options {
     pub triggers: bool,
     /// Whether the interactive serial console reads input (`console=`).
     pub console_input: bool,
+    /// The fault injector (`inject=`): off, on (armed later from the console or a
+    /// hypercall), or armed at boot with a fault type and seed (`inject=TYPE:SEED`).
+    pub inject: Inject,
+}
+
+/// The `inject=` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inject {
+    Off,
+    On,
+    Plan(crate::inject::FaultType, u64),
+}
+
+impl Inject {
+    pub fn enabled(self) -> bool {
+        self != Inject::Off
+    }
+}
+
+const EXPECT_INJECT: &str = "on, off or TYPE:SEED (TYPE: failstop register code data hang lock)";
+
+fn parse_inject(value: &str) -> Option<Inject> {
+    if let Some(on) = parse_switch(value) {
+        return Some(if on { Inject::On } else { Inject::Off });
+    }
+    let (kind, seed) = value.split_once(':')?;
+    Some(Inject::Plan(
+        crate::inject::FaultType::from_name(kind)?,
+        seed.parse().ok()?,
+    ))
 }
 
 impl Default for Options {
@@ -69,6 +99,7 @@ impl Default for Options {
             arena_size: ARENA_DEFAULT,
             triggers: false,
             console_input: true,
+            inject: Inject::Off,
         }
     }
 }
@@ -142,10 +173,18 @@ enum Key {
     Arena,
     Triggers,
     Console,
+    Inject,
 }
 
 impl Key {
-    const ALL: [Key; 5] = [Key::Log, Key::Heap, Key::Arena, Key::Triggers, Key::Console];
+    const ALL: [Key; 6] = [
+        Key::Log,
+        Key::Heap,
+        Key::Arena,
+        Key::Triggers,
+        Key::Console,
+        Key::Inject,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -154,6 +193,7 @@ impl Key {
             Key::Arena => "arena",
             Key::Triggers => "triggers",
             Key::Console => "console",
+            Key::Inject => "inject",
         }
     }
 
@@ -169,6 +209,7 @@ impl Key {
             Key::Arena => options.arena_size = sized(value, ARENA_MIN, ARENA_MAX, EXPECT_ARENA)?,
             Key::Triggers => options.triggers = parse_switch(value).ok_or(EXPECT_SWITCH)?,
             Key::Console => options.console_input = parse_switch(value).ok_or(EXPECT_SWITCH)?,
+            Key::Inject => options.inject = parse_inject(value).ok_or(EXPECT_INJECT)?,
         }
         Ok(())
     }
@@ -299,13 +340,18 @@ impl fmt::Display for Summary {
         let switch = |on: bool| if on { "on" } else { "off" };
         write!(
             f,
-            "log={} heap={} arena={} triggers={} console={}",
+            "log={} heap={} arena={} triggers={} console={} inject=",
             level_name(o.log_level),
             Size(o.heap_size),
             Size(o.arena_size),
             switch(o.triggers),
             switch(o.console_input),
-        )
+        )?;
+        match o.inject {
+            Inject::Off => f.write_str("off"),
+            Inject::On => f.write_str("on"),
+            Inject::Plan(kind, seed) => write!(f, "{}:{seed}", kind.name()),
+        }
     }
 }
 
@@ -365,9 +411,17 @@ mod tests {
                 arena_size: GIB,
                 triggers: true,
                 console_input: false,
+                inject: Inject::Off,
             }
         );
         assert!(!clean("triggers=off").triggers);
+        assert_eq!(clean("inject=on").inject, Inject::On);
+        assert_eq!(
+            clean("inject=register:7").inject,
+            Inject::Plan(crate::inject::FaultType::Register, 7)
+        );
+        assert_eq!(errors("inject=zap:1").0.inject, Inject::Off);
+        assert_eq!(errors("inject=code:x").1.len(), 1);
         assert!(clean("console=on").console_input);
         assert!(clean("triggers=ON").triggers);
     }
@@ -666,7 +720,7 @@ mod tests {
     fn description() {
         assert_eq!(
             describe(&Options::default()).to_string(),
-            "log=info heap=4M arena=8M triggers=off console=on"
+            "log=info heap=4M arena=8M triggers=off console=on inject=off"
         );
         let options = Options {
             log_level: LevelFilter::Off,
@@ -674,9 +728,13 @@ mod tests {
             arena_size: GIB,
             triggers: true,
             console_input: false,
+            inject: Inject::Plan(crate::inject::FaultType::Code, 42),
         };
         let text = describe(&options).to_string();
-        assert_eq!(text, "log=off heap=1028K arena=1G triggers=on console=off");
+        assert_eq!(
+            text,
+            "log=off heap=1028K arena=1G triggers=on console=off inject=code:42"
+        );
         assert_eq!(clean(&text), options);
 
         assert_eq!(Size(0).to_string(), "0");

@@ -167,6 +167,11 @@ pub fn print_report(failure: &Failure) {
 /// says so, else it returns (nothing may be logged: the NMI can interrupt the console);
 /// every other vector is a hypervisor failure.
 pub fn on_exception(vector: u8, frame: &mut ExceptionFrame) {
+    // #DB from the fault injector's single-stepping (its own, or the fault it injects).
+    #[cfg(target_os = "none")]
+    if vector == 1 && crate::inject::machine::on_debug(frame) {
+        return;
+    }
     if vector == 2 {
         if crate::watchdog::on_host_nmi(frame.rip) {
             fail(&Failure::Hang {

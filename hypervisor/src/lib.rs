@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod devices;
 pub mod ept;
 pub mod failure;
+pub mod inject;
 pub mod loader;
 pub mod memory;
 pub mod triggers;

@@ -152,7 +152,7 @@ fn bad_command_line_options_are_reported_and_defaults_kept() {
     );
     let summary = m.expect_line(r"^\[lazarus\] INFO  cmdline: ", SHORT);
     assert!(
-        summary.ends_with("-> log=info heap=4M arena=16M triggers=off console=on"),
+        summary.ends_with("-> log=info heap=4M arena=16M triggers=off console=on inject=off"),
         "{summary}"
     );
     m.wait_prompt(BOOT);

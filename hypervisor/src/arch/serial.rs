@@ -47,6 +47,33 @@ pub fn init() -> bool {
     ok
 }
 
+/// Writes `s` to COM1 directly (translating `\n` into `\r\n`), without the console
+/// lock: for code that may have interrupted the lock's holder (the fault injector's #DB
+/// handler). The text may land inside a line being printed.
+pub fn write_unlocked(s: &str) {
+    for &b in s.as_bytes() {
+        if b == b'\n' {
+            put_unlocked(b'\r');
+        }
+        put_unlocked(b);
+    }
+}
+
+fn put_unlocked(byte: u8) {
+    use super::instructions::{inb, outb};
+    // SAFETY: COM1's line status (0x3fd, bit 5: transmitter holding register empty) and
+    // data (0x3f8) ports: polling (bounded, in case no UART answers) then writing one byte
+    // is all it takes on a 16550; a byte interleaved with another writer's is harmless.
+    unsafe {
+        for _ in 0..100_000 {
+            if inb(0x3fd) & 0x20 != 0 {
+                break;
+            }
+        }
+        outb(0x3f8, byte);
+    }
+}
+
 /// Writes text, translating `\n` into `\r\n`.
 pub fn write_str(s: &str) {
     let mut serial = SERIAL.lock();

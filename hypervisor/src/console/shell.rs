@@ -22,6 +22,8 @@ pub enum Command<'a> {
     Trigger(Trigger, Option<&'a str>),
     /// `recovery`: the recoveries so far.
     Recovery,
+    /// `inject TYPE SEED`: arm the fault injector.
+    Inject(crate::inject::FaultType, u64),
     VmList,
     VmStats(&'a str),
     VmStop(&'a str),
@@ -46,6 +48,8 @@ pub enum ShellError<'a> {
     },
     BadLevel(&'a str),
     UnknownTrigger(&'a str),
+    UnknownFault(&'a str),
+    BadSeed(&'a str),
     UnknownVmCommand(&'a str),
 }
 
@@ -64,6 +68,11 @@ impl fmt::Display for ShellError<'_> {
             Self::BadLevel(l) => {
                 write!(f, "error: log: unknown level '{l}' (expected off, error, warn, info, debug or trace)")
             }
+            Self::UnknownFault(t) => write!(
+                f,
+                "error: inject: unknown fault type '{t}' (one of: failstop register code data hang lock)"
+            ),
+            Self::BadSeed(s) => write!(f, "error: inject: bad seed '{s}' (a decimal number)"),
             Self::UnknownTrigger(t) => write!(
                 f,
                 "error: trigger: unknown kind '{t}' (one of: {})",
@@ -89,6 +98,9 @@ commands:
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud
                   de bp vmcs-host mid-exit recovery-fail hang deadlock; trigger corrupt-vm NAME
   recovery        the recoveries so far: one `recovery` line each
+  inject TYPE SEED
+                  arm one fault injection (needs inject=on): failstop register code data
+                  hang lock; SEED (decimal) fixes where and what
   vm list         every VM: state, exits, CPU share, memory
   vm stats NAME   a VM's counters and its exits by reason
   vm stop NAME    stop a VM for good
@@ -118,6 +130,24 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
         "cpu" => no_args("cpu", Command::Cpu),
         "shutdown" => no_args("shutdown", Command::Shutdown),
         "recovery" => no_args("recovery", Command::Recovery),
+        "inject" => {
+            let usage = ShellError::MissingArgument {
+                command: "inject",
+                expected: "TYPE SEED (TYPE: failstop register code data hang lock)",
+            };
+            let (Some(kind), Some(seed)) = (arg, extra) else {
+                return Err(usage);
+            };
+            if let Some(argument) = words.next() {
+                return Err(ShellError::UnexpectedArgument {
+                    command: "inject",
+                    argument,
+                });
+            }
+            let kind = crate::inject::FaultType::from_name(kind).ok_or(ShellError::UnknownFault(kind))?;
+            let seed = seed.parse().map_err(|_| ShellError::BadSeed(seed))?;
+            return Ok(Some(Command::Inject(kind, seed)));
+        }
         "log" => match arg {
             None => Ok(Some(Command::Log(None))),
             Some(level) => parse_level(level)
@@ -213,6 +243,8 @@ pub trait Machine {
     fn fire(&mut self, trigger: Trigger, vm: Option<&str>, out: &mut dyn Write) -> fmt::Result;
     /// `recovery`: one line per recorded recovery.
     fn recovery(&self, out: &mut dyn Write) -> fmt::Result;
+    /// `inject TYPE SEED`: arms the injector, or says why not.
+    fn inject(&mut self, plan: crate::inject::Plan, out: &mut dyn Write) -> fmt::Result;
     /// Powers off (does not return on real hardware).
     fn shutdown(&mut self);
     /// `vm list`, `vm stats NAME`, `vm stop NAME`.
@@ -236,6 +268,9 @@ pub fn execute(cmd: Command<'_>, machine: &mut dyn Machine, out: &mut dyn Write)
             writeln!(out, "log level: {}", level_name(level))
         }
         Command::Recovery => machine.recovery(out),
+        Command::Inject(kind, seed) => {
+            machine.inject(crate::inject::Plan::from_seed(kind, seed), out)
+        }
         Command::Trigger(t, _) if !machine.triggers_enabled() => {
             writeln!(
                 out,
@@ -293,6 +328,14 @@ mod tests {
         }
         fn recovery(&self, out: &mut dyn Write) -> fmt::Result {
             writeln!(out, "recovery: 0 recoveries")
+        }
+        fn inject(&mut self, plan: crate::inject::Plan, out: &mut dyn Write) -> fmt::Result {
+            writeln!(
+                out,
+                "inject: armed {} seed={}",
+                plan.fault.name(),
+                plan.seed
+            )
         }
         fn shutdown(&mut self) {
             self.shut_down = true;
@@ -440,5 +483,29 @@ mod tests {
         assert!(parse("trigger panic db").is_err());
         assert_eq!(parse("recovery"), Ok(Some(Command::Recovery)));
         assert!(parse("recovery now").is_err());
+    }
+
+    #[test]
+    fn inject_takes_a_type_and_a_seed() {
+        use crate::inject::FaultType;
+        assert_eq!(
+            parse("inject code 42"),
+            Ok(Some(Command::Inject(FaultType::Code, 42)))
+        );
+        let mut m = Fake::default();
+        assert_eq!(
+            run("inject register 7", &mut m),
+            "inject: armed register seed=7\n"
+        );
+        assert_eq!(
+            run("inject zap 1", &mut m),
+            "error: inject: unknown fault type 'zap' (one of: failstop register code data hang lock)\n"
+        );
+        assert_eq!(
+            run("inject code x", &mut m),
+            "error: inject: bad seed 'x' (a decimal number)\n"
+        );
+        assert!(run("inject code", &mut m).starts_with("error: inject: missing argument"));
+        assert!(run("inject code 1 2", &mut m).starts_with("error: inject: unexpected argument"));
     }
 }

@@ -55,6 +55,11 @@ impl Vms {
         &self.caps
     }
 
+    /// The physical address of the arena's lock (for the fault injector's lock faults).
+    pub fn arena_lock_addr(&self) -> u64 {
+        &self.root.lock as *const arena::ArenaLock as u64
+    }
+
     /// Takes every live VM's RAM out of `free` (the rebuilt allocator starts with all of
     /// it free). A VM whose RAM is not wholly free cannot be trusted with it: it is
     /// stopped and its slot released, so its range is not handed out twice. Returns how

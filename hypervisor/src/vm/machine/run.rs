@@ -52,11 +52,15 @@ impl Vms {
         self.root.running = slot as u32 + 1;
         let vm = &mut self.root.vms[slot];
         let entered = rdtsc();
+        crate::inject::machine::before_entry();
         // SAFETY: this VM's VMCS is current (switch_to / reset_guest) and fully set up; its
         // registers live in the arena record, which nothing else touches while it runs.
         let result = unsafe { vmentry::enter(&mut vm.vcpu.regs, vm.vcpu.launched != 0) };
         match result {
-            EntryResult::Exited => vm.vcpu.launched = 1,
+            EntryResult::Exited => {
+                crate::inject::machine::after_exit();
+                vm.vcpu.launched = 1;
+            }
             EntryResult::FailInvalid => vmx_failure("VM entry", vm, VmxError::VmFailInvalid),
             EntryResult::FailValid => {
                 let error = vmx::CurrentVmcs
@@ -115,6 +119,11 @@ impl Vms {
         }
         let mut ram = Ram::of(vm);
         let trigger = effect.trigger;
+        // The commit changes the VM table: under the arena lock (recovery force-releases
+        // it if the holder dies).
+        self.root
+            .lock
+            .acquire(0, self.root.header.generation as u32);
         vm.vcpu.journal.phase = Phase::Committing as u32;
         let unclaimed_before = vm.stats.unclaimed_io;
         let msrs_before = vm.vcpu.msrs;
@@ -130,6 +139,7 @@ impl Vms {
             Ok(outcome) => outcome,
             Err(e) => vmx_failure("commit of a VM exit", vm, e),
         };
+        self.root.lock.release();
         if vm.vcpu.msrs != msrs_before {
             load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         }
