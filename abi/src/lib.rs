@@ -35,7 +35,16 @@ pub enum Hypercall {
     /// `recovery-fail` trigger makes fail (1 for the others). [`Error::Invalid`] for an
     /// unknown kind or a count of 0 or over 8.
     Trigger = 4,
+    /// `inject(type, seed)`: for tests only, and only when the hypervisor was booted
+    /// with `inject=on` (otherwise [`Error::Unknown`]): arms the fault injector with fault
+    /// type number `type` ([`FAULT_TYPES`]) and `seed`, exactly as the console command
+    /// `inject TYPE SEED` does. Returns 0, or [`Error::Invalid`] for an unknown type or
+    /// when an injection is already armed.
+    Inject = 5,
 }
+
+/// The fault types an `inject` hypercall names, by number (the console's names).
+pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "hang", "lock"];
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`).
@@ -62,6 +71,7 @@ impl Hypercall {
             2 => Some(Self::Yield),
             3 => Some(Self::PowerOff),
             4 => Some(Self::Trigger),
+            5 => Some(Self::Inject),
             _ => None,
         }
     }
@@ -78,6 +88,7 @@ impl Hypercall {
             Self::Yield => "yield",
             Self::PowerOff => "power_off",
             Self::Trigger => "trigger",
+            Self::Inject => "inject",
         }
     }
 }

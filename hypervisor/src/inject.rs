@@ -304,6 +304,12 @@ mod tests {
             assert_eq!(FaultType::from_number(n as u64), Some(t));
         }
         assert_eq!(FaultType::from_name("nope"), None);
+        for (n, name) in abi::FAULT_TYPES.iter().enumerate() {
+            assert_eq!(
+                FaultType::from_number(n as u64).map(FaultType::name),
+                Some(*name)
+            );
+        }
         let p = Plan {
             fault: FaultType::Register,
             seed: 7,

@@ -63,6 +63,9 @@ pub trait Host {
     /// Whether the failure triggers are enabled (`triggers=on`): the `trigger` hypercall
     /// exists only then.
     fn triggers_enabled(&self) -> bool;
+    /// Whether the fault injector is enabled (`inject=on`): the `inject` hypercall exists
+    /// only then.
+    fn inject_enabled(&self) -> bool;
 }
 
 /// What happens to the VM after the commit.
@@ -121,6 +124,8 @@ pub struct Effect {
     /// A failure trigger to fire once the exit is committed (`trigger` hypercall):
     /// the trigger and its count.
     pub trigger: Option<(crate::triggers::Trigger, u32)>,
+    /// A fault-injection plan to arm once the exit is committed (`inject` hypercall).
+    pub arm_injector: Option<crate::inject::Plan>,
     pub counts: Counts,
     pub outcome: Outcome,
 }
@@ -139,6 +144,7 @@ impl Effect {
             devices: None,
             serial_out: heapless::Vec::new(),
             trigger: None,
+            arm_injector: None,
             counts: Counts::default(),
             outcome: Outcome::Resume,
         }
@@ -182,7 +188,7 @@ pub fn handle(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, host: &impl Ho
         ExitReason::Hlt => hlt(exit, e),
         // The guest can take the interrupt now; the next entry injects it.
         ExitReason::InterruptWindow => e,
-        ExitReason::Vmcall => vmcall(exit, vm, mem, host.triggers_enabled(), e),
+        ExitReason::Vmcall => vmcall(exit, vm, mem, host, e),
         ExitReason::Rdmsr => rdmsr(exit, vm, host, e),
         ExitReason::Wrmsr => wrmsr(exit, vm, host, e),
         ExitReason::EptViolation => ept_violation(exit, e),
@@ -378,8 +384,18 @@ fn hlt(exit: &Exit, e: Effect) -> Effect {
 }
 
 /// VMCALL: a hypercall (see `abi`). Advances RIP (also on error: the error is the result).
-fn vmcall(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, triggers: bool, e: Effect) -> Effect {
-    hypercall::dispatch(exit, vm, mem, triggers, e.advance(exit))
+fn vmcall(
+    exit: &Exit,
+    vm: &VmRecord,
+    mem: &impl GuestMemory,
+    host: &impl Host,
+    e: Effect,
+) -> Effect {
+    let enabled = hypercall::Enabled {
+        triggers: host.triggers_enabled(),
+        inject: host.inject_enabled(),
+    };
+    hypercall::dispatch(exit, vm, mem, enabled, e.advance(exit))
 }
 
 /// MSR indices Lazarus emulates (SDM Vol. 4, chapter 2).

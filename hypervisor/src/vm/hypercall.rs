@@ -15,20 +15,31 @@ fn fail(mut e: Effect, err: Error) -> Effect {
     e
 }
 
-/// Dispatches the hypercall in RAX. `e` already advances RIP past VMCALL. `triggers`:
-/// whether the test-only `trigger` hypercall exists (`triggers=on`).
+/// Which test-only hypercalls exist (they do only when the command line enables them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Enabled {
+    /// `trigger` (`triggers=on`).
+    pub triggers: bool,
+    /// `inject` (`inject=on`).
+    pub inject: bool,
+}
+
+/// Dispatches the hypercall in RAX. `e` already advances RIP past VMCALL.
 pub fn dispatch(
     exit: &Exit,
     vm: &VmRecord,
     mem: &impl GuestMemory,
-    triggers: bool,
+    enabled: Enabled,
     mut e: Effect,
 ) -> Effect {
     e.counts.hypercalls = 1;
     let regs = vm.vcpu.regs;
-    let Some(call) =
-        Hypercall::from_number(regs.rax).filter(|&c| c != Hypercall::Trigger || triggers)
-    else {
+    let exists = |c: &Hypercall| match c {
+        Hypercall::Trigger => enabled.triggers,
+        Hypercall::Inject => enabled.inject,
+        _ => true,
+    };
+    let Some(call) = Hypercall::from_number(regs.rax).filter(exists) else {
         return fail(e, Error::Unknown);
     };
     if exit.cpl != 0 && !call.user_allowed() {
@@ -82,6 +93,13 @@ pub fn dispatch(
                 _ => return fail(e, Error::Invalid),
             }
         }
+        Hypercall::Inject => match crate::inject::FaultType::from_number(regs.rdi) {
+            Some(fault) => {
+                e.arm_injector = Some(crate::inject::Plan::from_seed(fault, regs.rsi));
+                e.regs.rax = 0;
+            }
+            None => return fail(e, Error::Invalid),
+        },
     }
     e
 }

@@ -45,6 +45,9 @@ impl Host for FakeHost {
     fn triggers_enabled(&self) -> bool {
         true
     }
+    fn inject_enabled(&self) -> bool {
+        true
+    }
     fn cr_fixed(&self) -> [u64; 4] {
         // CR0: PE, NE, PG fixed to 1; CR4: VMXE fixed to 1 (Skylake-like values).
         [0x8000_0021, 0xffff_ffff, 0x2000, 0x3f_ffff]
@@ -290,6 +293,38 @@ fn call(v: &mut VmRecord, nr: u64, rdi: u64, rsi: u64, cpl: u8) -> Effect {
         &mem(),
         &FakeHost,
     )
+}
+
+#[test]
+fn test_hypercalls_trigger_and_inject() {
+    use crate::inject::{FaultType, Plan};
+    use crate::triggers::Trigger;
+    let mut v = vm();
+    let e = call(&mut v, 4, 7, 1, 0);
+    assert_eq!((e.regs.rax, e.trigger), (0, Some((Trigger::MidExit, 1))));
+    for (kind, count) in [(99, 1), (0, 0), (0, 9)] {
+        let e = call(&mut v, 4, kind, count, 0);
+        assert_eq!(abi::Error::from_result(e.regs.rax), Some(abi::Error::Invalid));
+        assert_eq!(e.trigger, None);
+    }
+    let e = call(&mut v, 5, 2, 42, 0);
+    assert_eq!(
+        (e.regs.rax, e.arm_injector),
+        (0, Some(Plan::from_seed(FaultType::Code, 42)))
+    );
+    let e = call(&mut v, 5, 6, 1, 0);
+    assert_eq!(abi::Error::from_result(e.regs.rax), Some(abi::Error::Invalid));
+    // Without triggers=on and inject=on, neither exists.
+    v.vcpu.regs.rax = 5;
+    let off = super::super::hypercall::dispatch(
+        &exit(ExitReason::Vmcall),
+        &v,
+        &mem(),
+        super::super::hypercall::Enabled::default(),
+        Effect::new(&v.vcpu.regs),
+    );
+    assert_eq!(abi::Error::from_result(off.regs.rax), Some(abi::Error::Unknown));
+    assert_eq!(off.arm_injector, None);
 }
 
 #[test]

@@ -109,6 +109,9 @@ impl Host for RealHost<'_> {
     fn triggers_enabled(&self) -> bool {
         self.triggers
     }
+    fn inject_enabled(&self) -> bool {
+        crate::inject::machine::enabled()
+    }
 }
 
 /// Guest console lines: `[NAME] text`.

@@ -119,6 +119,7 @@ impl Vms {
         }
         let mut ram = Ram::of(vm);
         let trigger = effect.trigger;
+        let arm_injector = effect.arm_injector;
         // The commit changes the VM table: under the arena lock (recovery force-releases
         // it if the holder dies).
         self.root
@@ -165,6 +166,18 @@ impl Vms {
         // The whole step (entry, guest time, exit handling) is charged to the VM.
         vm.stats.guest_tsc += rdtsc().saturating_sub(now);
         self.apply(slot, outcome);
+        if let Some(plan) = arm_injector {
+            // A plan already armed keeps its place; the guest sees 0 either way (the
+            // console reports the refusal, a test guest reads the `inject:` line).
+            if crate::inject::machine::arm(plan) {
+                log::warn!(
+                    "inject: vm {} armed {} seed={}",
+                    self.root.vms[slot].name(),
+                    plan.fault.name(),
+                    plan.seed
+                );
+            }
+        }
         if let Some((trigger, count)) = trigger {
             self.fire_from_guest(slot, trigger, count);
         }
