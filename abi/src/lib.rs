@@ -48,7 +48,7 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`).
-pub const TRIGGERS: [&str; 12] = [
+pub const TRIGGERS: [&str; 13] = [
     "panic",
     "pf",
     "gp",
@@ -61,6 +61,7 @@ pub const TRIGGERS: [&str; 12] = [
     "corrupt-vm",
     "hang",
     "deadlock",
+    "mid-commit",
 ];
 
 impl Hypercall {

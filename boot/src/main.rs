@@ -245,6 +245,9 @@ fn run(mut machine: machine::BootMachine, greeting: Option<&str>) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn lazarus_recovery_entry() -> ! {
     bring_up_cpu();
+    // The dead instance may have left a prompt on the terminal: the first line printed
+    // (a rolled-forward VM line, the failure report) replaces it like any log line.
+    serial::set_prompt_line(&[machine::PROMPT.as_bytes()]);
     let Some(root) = recovery::arena() else {
         error!("recovery: the anchor or the arena header is damaged; halted");
         instructions::halt_forever()

@@ -35,10 +35,13 @@ pub enum Trigger {
     Hang,
     /// Take an arena lock this CPU already holds: spins forever with interrupts off.
     Deadlock,
+    /// A panic once the next VM exit has entered its commit (armed; fires at the next VM
+    /// exit): recovery must finish that commit from the commit log (roll forward).
+    MidCommit,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 12] = [
+    pub const ALL: [Trigger; 13] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -51,6 +54,7 @@ impl Trigger {
         Trigger::CorruptVm,
         Trigger::Hang,
         Trigger::Deadlock,
+        Trigger::MidCommit,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -68,6 +72,7 @@ impl Trigger {
             Trigger::CorruptVm => "corrupt-vm",
             Trigger::Hang => "hang",
             Trigger::Deadlock => "deadlock",
+            Trigger::MidCommit => "mid-commit",
         }
     }
 
@@ -92,12 +97,14 @@ impl Trigger {
 /// them, so each fires once.
 static ARMED_VMCS_HOST: AtomicBool = AtomicBool::new(false);
 static ARMED_MID_EXIT: AtomicBool = AtomicBool::new(false);
+static ARMED_MID_COMMIT: AtomicBool = AtomicBool::new(false);
 
 /// Arms `vmcs-host` or `mid-exit`; false for a trigger that is not armed but fired.
 pub fn arm(trigger: Trigger) -> bool {
     match trigger {
         Trigger::VmcsHost => ARMED_VMCS_HOST.store(true, Ordering::SeqCst),
         Trigger::MidExit => ARMED_MID_EXIT.store(true, Ordering::SeqCst),
+        Trigger::MidCommit => ARMED_MID_COMMIT.store(true, Ordering::SeqCst),
         _ => return false,
     }
     true
@@ -106,6 +113,11 @@ pub fn arm(trigger: Trigger) -> bool {
 /// Whether `vmcs-host` is armed; disarms it.
 pub fn take_vmcs_host() -> bool {
     ARMED_VMCS_HOST.swap(false, Ordering::SeqCst)
+}
+
+/// Whether `mid-commit` is armed; disarms it.
+pub fn take_mid_commit() -> bool {
+    ARMED_MID_COMMIT.swap(false, Ordering::SeqCst)
 }
 
 /// Whether `mid-exit` is armed; disarms it.
@@ -156,7 +168,7 @@ pub fn fire(trigger: Trigger) {
         Trigger::RecoveryFail | Trigger::CorruptVm => {
             panic!("trigger: deliberate panic ({})", trigger.name())
         }
-        Trigger::VmcsHost | Trigger::MidExit => {
+        Trigger::VmcsHost | Trigger::MidExit | Trigger::MidCommit => {
             arm(trigger);
         }
         Trigger::Hang => {
@@ -195,7 +207,7 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit"
         );
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {

@@ -53,7 +53,6 @@ mod machine {
         r.locks = passes::release_locks(root);
         let rolled = passes::roll_back_exits(root);
         r.rolled_back = rolled.rolled_back;
-        r.stopped += rolled.stopped;
         if attempts >= MAX_ATTEMPTS {
             let slot = root.recovery.inflight_slot;
             r.stopped += passes::stop_inflight(root, slot, attempts - 1);
@@ -94,11 +93,17 @@ mod machine {
         for slot in resumable_slots(vms) {
             let controls = vms.controls_of(slot);
             let rolled_back = rolled.rolled_back_slots & (1 << slot) != 0;
+            let forward = rolled.forward_slots & (1 << slot) != 0;
             let result = vms
                 .load_vmcs(slot)
                 .map_err(passes::BadGuest::Vmcs)
                 .and_then(|()| {
                     passes::rewrite_vmcs(&mut CurrentVmcs, &controls, &host)?;
+                    if forward {
+                        vms.roll_forward(slot)
+                            .map_err(|()| passes::BadGuest::HalfCommitted)?;
+                        r.committed += 1;
+                    }
                     let vm = &vms.root().vms[slot];
                     passes::check_guest_state(&CurrentVmcs, vm, rolled_back, cr_fixed)?;
                     Ok(if rolled_back {

@@ -40,19 +40,21 @@ pub fn release_locks(root: &ArenaRoot) -> u32 {
 pub struct RollBack {
     /// Exits that were being handled, now rolled back: the guest re-executes them.
     pub rolled_back: u32,
-    /// Slots whose exit was half committed (phase `Committing`): they cannot be rolled
-    /// back or re-executed and are stopped.
-    pub stopped: u32,
     /// Bit `slot` set for each rolled-back VM (its IDT-vectoring information, if valid,
     /// must be re-delivered).
     pub rolled_back_slots: u32,
+    /// Bit `slot` set for each resumable VM whose exit was half committed (phase
+    /// `Committing`): it cannot be rolled back, only forward, from the commit log (or the
+    /// VM is stopped).
+    pub forward_slots: u32,
 }
 
 /// Rolls back every uncommitted VM exit: a journal in `Handling` returns to `InGuest`, and
 /// since nothing of the exit reached the guest (the commit is the only writer), the new
 /// instance re-enters at the same instruction and the exit happens again. A journal in
-/// `Committing` means a half-applied exit: that VM is stopped. Every VMCS was cleared by
-/// the failure path, so every vCPU's next entry is a VMLAUNCH.
+/// `Committing` means a half-applied exit: it is left for [`crate::repair`] to finish from
+/// the commit log. Every VMCS was cleared by the failure path, so every vCPU's next entry
+/// is a VMLAUNCH.
 pub fn roll_back_exits(root: &mut ArenaRoot) -> RollBack {
     let mut r = RollBack::default();
     for (slot, vm) in root.vms.iter_mut().enumerate().filter(|(_, vm)| live(vm)) {
@@ -63,14 +65,7 @@ pub fn roll_back_exits(root: &mut ArenaRoot) -> RollBack {
                 r.rolled_back += 1;
                 r.rolled_back_slots |= 1 << slot;
             }
-            Some(Phase::Committing) if resumable(vm) => {
-                let seq = vm.vcpu.journal.exit_seq;
-                stop(
-                    vm,
-                    format_args!("exit {seq} was half committed at the failure"),
-                );
-                r.stopped += 1;
-            }
+            Some(Phase::Committing) if resumable(vm) => r.forward_slots |= 1 << slot,
             _ => {}
         }
     }
@@ -173,11 +168,16 @@ pub fn rewrite_vmcs(
 pub enum BadGuest {
     Vmcs(VmxError),
     RipNotCanonical(u64),
-    RipMoved { saved: u64, vmcs: u64 },
+    RipMoved {
+        saved: u64,
+        vmcs: u64,
+    },
     Rflags(u64),
     Cr0(u64),
     Cr4(u64),
     LongModeMismatch,
+    /// Its exit was half committed and the commit log cannot finish it.
+    HalfCommitted,
 }
 
 impl fmt::Display for BadGuest {
@@ -194,6 +194,9 @@ impl fmt::Display for BadGuest {
             Self::Cr4(c) => write!(f, "guest CR4 {c:#x} violates the VMX fixed bits"),
             Self::LongModeMismatch => {
                 f.write_str("guest EFER.LMA disagrees with the entry controls")
+            }
+            Self::HalfCommitted => {
+                f.write_str("its exit was half committed and the commit log cannot finish it")
             }
         }
     }

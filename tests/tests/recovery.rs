@@ -46,7 +46,7 @@ struct Recovery {
 impl Recovery {
     fn parse(line: &str) -> Option<Recovery> {
         let re = Regex::new(
-            r"^(?:\[lazarus\] INFO  )?recovery (\d+): cause=(\S+) attempts=\d+ latency=\d+ failpath=\d+ boot=\d+ repair=\d+ entry=\d+ locks=\d+ exits=\d+ runnable=\d+ ept=\d+ ept_rebuilt=\d+ vmcs=\d+ interrupts=\d+ timers=\d+ devices=\d+ stopped=\d+$",
+            r"^(?:\[lazarus\] INFO  )?recovery (\d+): cause=(\S+) attempts=\d+ latency=\d+ failpath=\d+ boot=\d+ repair=\d+ entry=\d+ locks=\d+ exits=\d+ committed=\d+ runnable=\d+ ept=\d+ ept_rebuilt=\d+ vmcs=\d+ interrupts=\d+ timers=\d+ devices=\d+ stopped=\d+$",
         )
         .unwrap();
         let c = re.captures(line)?;
@@ -78,8 +78,8 @@ fn fire(m: &mut Machine, kind: &str, cause: &str, number: u64) -> Recovery {
             r"^trigger: vmcs-host armed: fires at the next VM entry$",
             RECOVERY,
         ),
-        "mid-exit" => m.expect_line(
-            r"^trigger: mid-exit armed: fires at the next VM exit$",
+        "mid-exit" | "mid-commit" => m.expect_line(
+            &format!(r"^trigger: {kind} armed: fires at the next VM exit$"),
             RECOVERY,
         ),
         _ => {
@@ -332,7 +332,7 @@ fn a_failed_recovery_is_retried_and_a_corrupt_vm_is_stopped_alone() {
 }
 
 #[test]
-fn test_guests_count_on_through_a_panic_and_a_failure_mid_exit() {
+fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit() {
     let dir = work_dir("recovery_testguest");
     let guest = test_guest();
     let modules: [(&Path, &str); 2] = [
@@ -359,8 +359,16 @@ fn test_guests_count_on_through_a_panic_and_a_failure_mid_exit() {
     let mid = fire(&mut m, "mid-exit", "panic", 2);
     assert_eq!(mid.get("exits"), 1, "the exit is rolled back: {}", mid.line);
     wait_more(&mut m, 3);
+    let commit = fire(&mut m, "mid-commit", "panic", 3);
+    assert_eq!(
+        (commit.get("exits"), commit.get("committed")),
+        (0, 1),
+        "the half-done commit is rolled forward: {}",
+        commit.line
+    );
+    wait_more(&mut m, 3);
 
-    for r in [&panic, &mid] {
+    for r in [&panic, &mid, &commit] {
         assert_eq!(r.get("attempts"), 1, "{}", r.line);
         assert_eq!(r.get("stopped"), 0, "{}", r.line);
     }
@@ -377,5 +385,5 @@ fn test_guests_count_on_through_a_panic_and_a_failure_mid_exit() {
             .count();
         assert_eq!(starts, 1, "{vm} started again");
     }
-    recovery_command(&mut m, &[panic, mid]);
+    recovery_command(&mut m, &[panic, mid, commit]);
 }

@@ -14,6 +14,7 @@
 //! areas and EPT tables.
 
 pub mod boot;
+pub mod commit;
 pub mod lock;
 pub mod pages;
 pub mod recovery;
@@ -21,6 +22,7 @@ pub mod recovery;
 use core::fmt;
 
 pub use boot::BootRecord;
+pub use commit::CommitLog;
 pub use lock::ArenaLock;
 pub use pages::{PageBitmap, PageError, MAX_PAGES};
 pub use recovery::{Cause, RecoveryRecord, RecoveryState, Repairs};
@@ -32,7 +34,7 @@ use crate::vmx::fields::GuestRegisters;
 /// "LZARENA1".
 pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"LZARENA1");
 /// Bumped whenever any `#[repr(C)]` type in the arena changes shape.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// How many VMs the table holds.
 pub const MAX_VMS: usize = 16;
 /// Longest VM name (bytes, ASCII).
@@ -480,6 +482,8 @@ pub struct ArenaRoot {
     pub boot: BootRecord,
     /// The recovery in progress and the recovery log.
     pub recovery: RecoveryState,
+    /// The exit being committed (this CPU's), for rolling a half-done commit forward.
+    pub commit: CommitLog,
 }
 
 /// Why the arena cannot be trusted.
@@ -628,6 +632,7 @@ impl ArenaRoot {
         self.recovery.inflight_slot = recovery::NO_SLOT;
         self.recovery.completed = 0;
         self.recovery.fail_next_recovery = 0;
+        self.commit.clear();
         Ok(())
     }
 

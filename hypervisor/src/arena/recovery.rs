@@ -50,6 +50,8 @@ pub struct Repairs {
     pub locks: u32,
     /// Uncommitted VM exits rolled back (they re-execute).
     pub rolled_back: u32,
+    /// Half-committed VM exits rolled forward (their commit finished from the log).
+    pub committed: u32,
     /// VMs runnable after the scheduler state was re-derived.
     pub runnable: u32,
     /// EPT hierarchies verified intact, and rebuilt.
@@ -116,8 +118,8 @@ impl fmt::Display for RecoveryRecord {
         write!(
             f,
             " attempts={} latency={} failpath={} boot={} repair={} entry={} \
-             locks={} exits={} runnable={} ept={} ept_rebuilt={} vmcs={} interrupts={} \
-             timers={} devices={} stopped={}",
+             locks={} exits={} committed={} runnable={} ept={} ept_rebuilt={} vmcs={} \
+             interrupts={} timers={} devices={} stopped={}",
             self.attempts,
             self.latency(),
             self.t_failpath.saturating_sub(self.t_detect),
@@ -126,6 +128,7 @@ impl fmt::Display for RecoveryRecord {
             self.t_entry.saturating_sub(self.t_passes),
             r.locks,
             r.rolled_back,
+            r.committed,
             r.runnable,
             r.ept_verified,
             r.ept_rebuilt,

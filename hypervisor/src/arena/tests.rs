@@ -833,3 +833,33 @@ fn errors_read_as_one_line() {
         assert_eq!(format!("{e}"), text);
     }
 }
+
+#[test]
+fn commit_log_gives_back_only_an_intact_entry_of_the_same_exit() {
+    use crate::vm::exits::{Effect, Exit};
+    use crate::vmx::exit::ExitReason;
+    let mut root = arena();
+    let exit = Exit {
+        rip: 0x1234,
+        instruction_len: 2,
+        ..crate::vm::exits::tests::exit(ExitReason::Io)
+    };
+    let mut regs = crate::vmx::fields::GuestRegisters::default();
+    regs.rax = 0x55;
+    let mut effect = Effect::new(&regs);
+    effect.rip_advance = 2;
+    root.commit.save(3, 77, &exit, &effect);
+    let (e, f) = root.commit.load(3, 77).expect("intact");
+    assert_eq!((e.rip, f.rip_advance, f.regs.rax), (0x1234, 2, 0x55));
+    assert!(root.commit.load(2, 77).is_none(), "another VM");
+    assert!(root.commit.load(3, 76).is_none(), "another exit");
+    root.commit.words[5] ^= 1 << 9;
+    assert!(root.commit.load(3, 77).is_none(), "a flipped bit");
+    root.commit.words[5] ^= 1 << 9;
+    assert!(root.commit.load(3, 77).is_some());
+    root.commit.clear();
+    assert!(
+        root.commit.load(3, 77).is_none(),
+        "cleared after the commit"
+    );
+}

@@ -131,7 +131,7 @@ pub struct Effect {
 }
 
 impl Effect {
-    fn new(regs: &GuestRegisters) -> Self {
+    pub(crate) fn new(regs: &GuestRegisters) -> Self {
         Self {
             regs: *regs,
             rip_advance: 0,
@@ -667,4 +667,4 @@ fn cr_access(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect
 }
 
 #[cfg(test)]
-pub(super) mod tests;
+pub(crate) mod tests;

@@ -38,7 +38,7 @@ fn add_vm(root: &mut ArenaRoot, name: &str, ram_start: u64) -> usize {
 }
 
 #[test]
-fn handling_exits_roll_back_and_half_committed_ones_stop_their_vm() {
+fn handling_exits_roll_back_and_half_committed_ones_are_left_to_roll_forward() {
     let mut root = arena();
     let a = add_vm(&mut root, "alpha", 0x0100_0000);
     let b = add_vm(&mut root, "beta", 0x0200_0000);
@@ -49,12 +49,12 @@ fn handling_exits_roll_back_and_half_committed_ones_stop_their_vm() {
     root.vms[c].vcpu.journal.phase = Phase::Committed as u32;
     let r = roll_back_exits(&mut root);
     assert_eq!(r.rolled_back, 1);
-    assert_eq!(r.stopped, 1);
+    assert_eq!(r.forward_slots, 1 << b);
     assert_eq!(r.rolled_back_slots, 1 << a);
     assert_eq!(root.vms[a].vcpu.journal.phase, Phase::InGuest as u32);
     assert_eq!(root.vms[a].vcpu.launched, 0, "every VMCS was cleared");
-    assert_eq!(root.vms[b].state(), Some(VmState::Stopped));
-    assert!(root.vms[b].stop_reason().starts_with("recovery: "));
+    assert_eq!(root.vms[b].state(), Some(VmState::Runnable));
+    assert_eq!(root.vms[b].vcpu.journal.phase, Phase::Committing as u32);
     assert_eq!(root.vms[c].state(), Some(VmState::Runnable));
     // A second pass (a retried recovery) finds nothing more to do.
     assert_eq!(roll_back_exits(&mut root).rolled_back, 0);
@@ -130,8 +130,8 @@ fn rolled_back_exit_keeps_its_journal_for_the_guest_state_check() {
         r,
         RollBack {
             rolled_back: 1,
-            stopped: 0,
-            rolled_back_slots: 1 << a
+            rolled_back_slots: 1 << a,
+            forward_slots: 0,
         }
     );
     let j = root.vms[a].vcpu.journal;
@@ -155,7 +155,7 @@ fn every_rolled_back_slot_is_marked() {
     root.vms[slots[5]].set_state(VmState::Stopped);
     let r = roll_back_exits(&mut root);
     assert_eq!(r.rolled_back, 3);
-    assert_eq!(r.stopped, 0);
+    assert_eq!(r.forward_slots, 0);
     assert_eq!(
         r.rolled_back_slots,
         (1 << slots[0]) | (1 << slots[3]) | (1 << slots[5])
@@ -166,7 +166,7 @@ fn every_rolled_back_slot_is_marked() {
 }
 
 #[test]
-fn half_committed_exit_stops_a_resumable_vm_only() {
+fn half_committed_exit_of_a_resumable_vm_only_is_rolled_forward() {
     let mut root = arena();
     let waiting = add_vm(&mut root, "waiting", 0x0100_0000);
     let halted = add_vm(&mut root, "halted", 0x0200_0000);
@@ -186,26 +186,18 @@ fn half_committed_exit_stops_a_resumable_vm_only() {
         r,
         RollBack {
             rolled_back: 0,
-            stopped: 1,
-            rolled_back_slots: 0
-        }
+            rolled_back_slots: 0,
+            forward_slots: 1 << waiting,
+        },
+        "only a VM that will run again needs its commit finished"
     );
-    assert_eq!(root.vms[waiting].state(), Some(VmState::Stopped));
-    assert_eq!(
-        root.vms[waiting].stop_reason(),
-        "recovery: exit 42 was half committed at the failure"
-    );
-    assert_eq!(root.vms[halted].state(), Some(VmState::Halted));
-    assert_eq!(root.vms[halted].stop_reason(), "");
-    assert_eq!(root.vms[stopped].state(), Some(VmState::Stopped));
-    assert_eq!(root.vms[stopped].stop_reason(), "triple fault");
-    assert_eq!(root.vms[off].state(), Some(VmState::Off));
-    // Nothing is rolled back: the journal still says what happened.
     for slot in [waiting, halted, stopped, off] {
         assert_eq!(root.vms[slot].vcpu.journal.phase, Phase::Committing as u32);
     }
-    // A retried recovery does not count the stopped VM again.
-    assert_eq!(roll_back_exits(&mut root), RollBack::default());
+    assert_eq!(root.vms[waiting].state(), Some(VmState::Waiting));
+    assert_eq!(root.vms[stopped].stop_reason(), "triple fault");
+    // A retried recovery finds the same.
+    assert_eq!(roll_back_exits(&mut root), r);
 }
 
 #[test]
@@ -262,13 +254,14 @@ fn roll_back_is_idempotent() {
     root.vms[1].vcpu.journal.phase = Phase::Committing as u32;
     root.vms[2].vcpu.journal.phase = Phase::Committed as u32;
     let first = roll_back_exits(&mut root);
-    assert_eq!((first.rolled_back, first.stopped), (1, 1));
+    assert_eq!((first.rolled_back, first.forward_slots), (1, 1 << 1));
     let snapshot: Vec<_> = root
         .vms
         .iter()
         .map(|vm| (vm.state, vm.vcpu.journal, vm.vcpu.launched, vm.stop_reason))
         .collect();
-    assert_eq!(roll_back_exits(&mut root), RollBack::default());
+    let second = roll_back_exits(&mut root);
+    assert_eq!((second.rolled_back, second.forward_slots), (0, 1 << 1));
     let again: Vec<_> = root
         .vms
         .iter()

@@ -211,6 +211,7 @@ fn recovery_line_is_the_documented_format() {
         repairs: Repairs {
             locks: 1,
             rolled_back: 2,
+            committed: 11,
             runnable: 3,
             ept_verified: 4,
             ept_rebuilt: 5,
@@ -226,7 +227,7 @@ fn recovery_line_is_the_documented_format() {
     assert_eq!(
         format!("{r}"),
         "recovery 3: cause=exception#PF attempts=1 latency=2700500 failpath=12345 \
-         boot=2487655 repair=140000 entry=60500 locks=1 exits=2 runnable=3 ept=4 \
+         boot=2487655 repair=140000 entry=60500 locks=1 exits=2 committed=11 runnable=3 ept=4 \
          ept_rebuilt=5 vmcs=6 interrupts=7 timers=8 devices=9 stopped=10"
     );
 }

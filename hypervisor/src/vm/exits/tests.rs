@@ -304,7 +304,10 @@ fn test_hypercalls_trigger_and_inject() {
     assert_eq!((e.regs.rax, e.trigger), (0, Some((Trigger::MidExit, 1))));
     for (kind, count) in [(99, 1), (0, 0), (0, 9)] {
         let e = call(&mut v, 4, kind, count, 0);
-        assert_eq!(abi::Error::from_result(e.regs.rax), Some(abi::Error::Invalid));
+        assert_eq!(
+            abi::Error::from_result(e.regs.rax),
+            Some(abi::Error::Invalid)
+        );
         assert_eq!(e.trigger, None);
     }
     let e = call(&mut v, 5, 2, 42, 0);
@@ -313,7 +316,10 @@ fn test_hypercalls_trigger_and_inject() {
         (0, Some(Plan::from_seed(FaultType::Code, 42)))
     );
     let e = call(&mut v, 5, 6, 1, 0);
-    assert_eq!(abi::Error::from_result(e.regs.rax), Some(abi::Error::Invalid));
+    assert_eq!(
+        abi::Error::from_result(e.regs.rax),
+        Some(abi::Error::Invalid)
+    );
     // Without triggers=on and inject=on, neither exists.
     v.vcpu.regs.rax = 5;
     let off = super::super::hypercall::dispatch(
@@ -323,7 +329,10 @@ fn test_hypercalls_trigger_and_inject() {
         super::super::hypercall::Enabled::default(),
         Effect::new(&v.vcpu.regs),
     );
-    assert_eq!(abi::Error::from_result(off.regs.rax), Some(abi::Error::Unknown));
+    assert_eq!(
+        abi::Error::from_result(off.regs.rax),
+        Some(abi::Error::Unknown)
+    );
     assert_eq!(off.arm_injector, None);
 }
 

@@ -125,7 +125,18 @@ impl Vms {
         self.root
             .lock
             .acquire(0, self.root.header.generation as u32);
+        self.root
+            .commit
+            .save(slot, vm.vcpu.journal.exit_seq, &exit, &effect);
         vm.vcpu.journal.phase = Phase::Committing as u32;
+        if crate::triggers::take_mid_commit() {
+            panic!(
+                "trigger: deliberate panic in the commit of exit {} ({}) of vm {}",
+                vm.vcpu.journal.exit_seq,
+                exit.reason.name(),
+                vm.name()
+            );
+        }
         let unclaimed_before = vm.stats.unclaimed_io;
         let msrs_before = vm.vcpu.msrs;
         let xcr0_before = vm.vcpu.xcr0;
@@ -140,6 +151,7 @@ impl Vms {
             Ok(outcome) => outcome,
             Err(e) => vmx_failure("commit of a VM exit", vm, e),
         };
+        self.root.commit.clear();
         self.root.lock.release();
         if vm.vcpu.msrs != msrs_before {
             load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
