@@ -100,8 +100,9 @@ mod machine {
                 .and_then(|()| {
                     passes::rewrite_vmcs(&mut CurrentVmcs, &controls, &host)?;
                     if forward {
-                        vms.roll_forward(slot)
-                            .map_err(|()| passes::BadGuest::HalfCommitted)?;
+                        if !vms.roll_forward(slot) {
+                            return Err(passes::BadGuest::HalfCommitted);
+                        }
                         r.committed += 1;
                     }
                     let vm = &vms.root().vms[slot];

@@ -844,8 +844,10 @@ fn commit_log_gives_back_only_an_intact_entry_of_the_same_exit() {
         instruction_len: 2,
         ..crate::vm::exits::tests::exit(ExitReason::Io)
     };
-    let mut regs = crate::vmx::fields::GuestRegisters::default();
-    regs.rax = 0x55;
+    let regs = crate::vmx::fields::GuestRegisters {
+        rax: 0x55,
+        ..Default::default()
+    };
     let mut effect = Effect::new(&regs);
     effect.rip_advance = 2;
     root.commit.save(3, 77, &exit, &effect);

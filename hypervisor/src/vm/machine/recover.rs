@@ -153,26 +153,19 @@ impl Vms {
     /// Finishes the VM's half-done commit from the commit log (its VMCS must be current:
     /// `load_vmcs`). Applying the logged effect again from the start gives the same guest
     /// state; the outcome (halt, reset, ...) is not acted on, so the VM simply runs on.
-    /// Err if the log does not hold this exit intact.
-    pub fn roll_forward(&mut self, slot: usize) -> Result<(), ()> {
+    /// False if the log does not hold this exit intact (or the commit failed).
+    pub fn roll_forward(&mut self, slot: usize) -> bool {
         let vm = &mut self.root.vms[slot];
-        let (exit, effect) = self
-            .root
-            .commit
-            .load(slot, vm.vcpu.journal.exit_seq)
-            .ok_or(())?;
+        let Some((exit, effect)) = self.root.commit.load(slot, vm.vcpu.journal.exit_seq) else {
+            return false;
+        };
         let mut ram = Ram::of(vm);
-        commit(
-            effect,
-            &exit,
-            vm,
-            &mut vmx::CurrentVmcs,
-            &mut ram,
-            &mut SerialSink,
-        )
-        .map_err(|_| ())?;
+        let vmcs = &mut vmx::CurrentVmcs;
+        if commit(effect, &exit, vm, vmcs, &mut ram, &mut SerialSink).is_err() {
+            return false;
+        }
         self.root.commit.clear();
-        Ok(())
+        true
     }
 
     /// The controls the VM's VMCS must hold (from the boot's capabilities and the record).
