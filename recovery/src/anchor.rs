@@ -36,11 +36,12 @@ const _: () = assert!(core::mem::offset_of!(Anchor, len) == OFFSET_LEN);
 const _: () = assert!(core::mem::offset_of!(Anchor, sum) == OFFSET_SUM);
 const _: () = assert!(core::mem::size_of::<Anchor>() == 64);
 
-/// The payload checksum: for each 64-bit word w, `h = rotl(h, 1) ^ w`. Weak against an
-/// adversary, enough against bit flips, and three instructions a word in the trampoline,
-/// which must compute the same value without calling any code it is about to replace.
+/// The payload checksum: the wrapping sum of its 64-bit words. Weak against an
+/// adversary, but any single flipped bit changes it (by plus or minus a power of two),
+/// and it costs one instruction a word in the trampoline, which computes it on every
+/// recovery without calling any code it is about to replace.
 pub fn pristine_checksum(words: impl IntoIterator<Item = u64>) -> u64 {
-    words.into_iter().fold(0u64, |h, w| h.rotate_left(1) ^ w)
+    words.into_iter().fold(0u64, u64::wrapping_add)
 }
 
 impl Anchor {
@@ -92,12 +93,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checksum_is_rotate_xor_and_catches_single_bit_flips() {
-        let words = [1u64, 2, 3, 0xdead_beef];
+    fn checksum_is_a_word_sum_and_catches_single_bit_flips() {
+        let words = [1u64, 2, u64::MAX, 0xdead_beef];
         let h = pristine_checksum(words);
         assert_eq!(
             h,
-            ((1u64.rotate_left(1) ^ 2).rotate_left(1) ^ 3).rotate_left(1) ^ 0xdead_beef
+            1u64.wrapping_add(2)
+                .wrapping_add(u64::MAX)
+                .wrapping_add(0xdead_beef)
         );
         for word in 0..words.len() {
             for bit in 0..64 {

@@ -23,7 +23,7 @@ use crate::anchor::{pristine_checksum, Anchor, OFFSET_LEN, OFFSET_PAYLOAD, OFFSE
 // The microreboot trampoline. Entered with RDI = the anchor, interrupts masked, VMX off.
 //
 // 1. Take the recovery stack: the failing stack may be what broke.
-// 2. Recompute the pristine payload's checksum (rotate-xor, `anchor::pristine_checksum`)
+// 2. Recompute the pristine payload's checksum (a 64-bit sum, `anchor::pristine_checksum`)
 //    and compare it with the anchor's; a mismatch means the copy itself is damaged, and
 //    copying it would make things worse: print a line on COM1 by polling and halt.
 // 3. Copy the payload over `.text .rodata .data` (REP MOVSQ).
@@ -51,26 +51,18 @@ lazarus_microreboot:
     jne 5f
     shr rcx, 3
     xor eax, eax
-    /* Eight words an iteration (the length is a multiple of 4096, so of 64). */
+    /* Eight words an iteration (the length is a multiple of 64). */
 2:
     test rcx, rcx
     jz 3f
-    rol rax, 1
-    xor rax, [rsi]
-    rol rax, 1
-    xor rax, [rsi + 8]
-    rol rax, 1
-    xor rax, [rsi + 16]
-    rol rax, 1
-    xor rax, [rsi + 24]
-    rol rax, 1
-    xor rax, [rsi + 32]
-    rol rax, 1
-    xor rax, [rsi + 40]
-    rol rax, 1
-    xor rax, [rsi + 48]
-    rol rax, 1
-    xor rax, [rsi + 56]
+    add rax, [rsi]
+    add rax, [rsi + 8]
+    add rax, [rsi + 16]
+    add rax, [rsi + 24]
+    add rax, [rsi + 32]
+    add rax, [rsi + 40]
+    add rax, [rsi + 48]
+    add rax, [rsi + 56]
     add rsi, 64
     sub rcx, 8
     jmp 2b
