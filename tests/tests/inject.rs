@@ -98,3 +98,33 @@ fn the_injector_is_off_unless_enabled_and_can_be_armed_from_the_command_line() {
         "error: inject: injection is disabled (boot with inject=on)\n"
     );
 }
+
+#[test]
+fn a_test_guest_arms_the_injector_by_hypercall() {
+    let dir = work_dir("inject_hypercall");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 2] = [
+        (
+            &guest,
+            "vm=alpha elf mem=8M mode=work burn=20 inject=failstop inject-seed=1 trigger-after=2",
+        ),
+        (&guest, "vm=beta elf mem=8M mode=work burn=20"),
+    ];
+    let iso = image_with_modules(&dir, "inject=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m.expect_line(
+        r"^\[lazarus\] WARN  inject: vm alpha armed failstop seed=1$",
+        FIRE,
+    );
+    m.expect_line(r"^\[alpha\] inject failstop seed=1 result=0$", FIRE);
+    m.expect_line(
+        r"inject: failstop seed=1 exit=1 step=8656 rip=0x[0-9a-f]+ jump to 0x0$",
+        FIRE,
+    );
+    m.expect_line(
+        r"^\[lazarus\] INFO  recovery 1: cause=exception#PF attempts=1 .* stopped=0$",
+        FIRE,
+    );
+    progress(&mut m);
+}

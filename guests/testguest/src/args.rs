@@ -26,6 +26,10 @@ pub struct Args<'a> {
     pub trigger: Option<&'a [u8]>,
     pub trigger_after: u64,
     pub trigger_count: u64,
+    /// `inject=TYPE`: in `work` mode, arm the fault injector (the `inject` hypercall)
+    /// with `inject-seed=` (default 1) after `trigger-after=` iterations.
+    pub inject: Option<&'a [u8]>,
+    pub inject_seed: u64,
 }
 
 /// A known key whose value does not parse.
@@ -48,6 +52,8 @@ pub fn parse(args: &[u8]) -> Args<'_> {
         trigger: None,
         trigger_after: 3,
         trigger_count: 1,
+        inject: None,
+        inject_seed: 1,
     };
     for word in args.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
         let Some(eq) = word.iter().position(|&b| b == b'=') else {
@@ -69,6 +75,11 @@ pub fn parse(args: &[u8]) -> Args<'_> {
             }
             b"trigger-after" => decimal(value).map(|n| parsed.trigger_after = n).is_some(),
             b"trigger-count" => decimal(value).map(|n| parsed.trigger_count = n).is_some(),
+            b"inject" => {
+                parsed.inject = Some(value);
+                !value.is_empty()
+            }
+            b"inject-seed" => decimal(value).map(|n| parsed.inject_seed = n).is_some(),
             b"addr" => hex(value)
                 .filter(|&a| a < PHYSICAL_LIMIT)
                 .map(|a| parsed.addr = Some(a))

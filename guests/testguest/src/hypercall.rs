@@ -66,6 +66,13 @@ pub fn trigger(kind: u64, count: u64) -> u64 {
     unsafe { call(Hypercall::Trigger as u64, kind, count, 0) }
 }
 
+/// `inject(type, seed)`: arms the hypervisor's fault injector (when booted with
+/// `inject=on`).
+pub fn inject(kind: u64, seed: u64) -> u64 {
+    // SAFETY: `inject` takes two numbers and touches no guest memory.
+    unsafe { call(Hypercall::Inject as u64, kind, seed, 0) }
+}
+
 /// A hypercall number the ABI does not define, with zero arguments.
 pub fn undefined(number: u64) -> u64 {
     // SAFETY: the ABI answers an unknown number with `Error::Unknown` and no other effect;

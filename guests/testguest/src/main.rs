@@ -21,6 +21,8 @@
 //! | `trigger=KIND` | `work`: after iteration `trigger-after`, the `trigger` hypercall with this failure trigger (`abi::TRIGGERS`; the hypervisor needs `triggers=on`) | none |
 //! | `trigger-after=N` | `work`: the iteration after which `trigger=` fires (decimal) | 3 |
 //! | `trigger-count=C` | `work`: the hypercall's count (recoveries `recovery-fail` makes fail) | 1 |
+//! | `inject=TYPE` | `work`: after iteration `trigger-after`, the `inject` hypercall arms the fault injector with this type (`abi::FAULT_TYPES`; the hypervisor needs `inject=on`) | none |
+//! | `inject-seed=S` | `work`: the seed for `inject=` (decimal) | 1 |
 //!
 //! # Output
 //!
@@ -60,6 +62,9 @@
 //! * With `trigger=KIND`: `trigger KIND result=R` after line `seq=N` for N =
 //!   `trigger-after`, once the hypervisor has failed and recovered (R = 0), or at once
 //!   with the error (`-1` when triggers are off, `-3` for an unknown KIND or bad count).
+//! * With `inject=TYPE`: `inject TYPE seed=S result=R` after line `seq=N` for N =
+//!   `trigger-after` (R = 0 when armed, `-1` when the injector is off, `-3` for an
+//!   unknown TYPE).
 //! * With `iterations=K`: `done seq=K` after line `seq=K`, then power-off (`done seq=0`
 //!   at once for K = 0).
 //!

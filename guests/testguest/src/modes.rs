@@ -53,6 +53,9 @@ pub fn work(args: &Args) -> ! {
             if args.trigger.is_some() && n == args.trigger_after {
                 trigger(args);
             }
+            if args.inject.is_some() && n == args.trigger_after {
+                inject(args);
+            }
         } else {
             println!(
                 "seq={} sum=0x{:016x} expected=0x{:016x} CORRUPT",
@@ -73,6 +76,23 @@ fn trigger(args: &Args) {
         .map_or(u64::MAX, |n| n as u64);
     let result = hypercall::trigger(number, args.trigger_count);
     println!("trigger {} result={}", Text(kind), result as i64);
+}
+
+/// `inject=TYPE`: arms the hypervisor's fault injector (`inject=on` Lazarus only) and
+/// prints the result: `inject TYPE seed=S result=R`.
+fn inject(args: &Args) {
+    let kind = args.inject.unwrap_or(b"");
+    let number = abi::FAULT_TYPES
+        .iter()
+        .position(|name| name.as_bytes() == kind)
+        .map_or(u64::MAX, |n| n as u64);
+    let result = hypercall::inject(number, args.inject_seed);
+    println!(
+        "inject {} seed={} result={}",
+        Text(kind),
+        args.inject_seed,
+        result as i64
+    );
 }
 
 /// The one-off checks of how the VM sees the machine, each printing what it found.
