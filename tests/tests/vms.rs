@@ -3,12 +3,10 @@
 //! and the `vm` console commands. Test guests: guests/testguest (its module doc lists the
 //! lines it prints).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use lazarus_tests::{
-    image_with_modules, pattern_checksum, test_guest, work_dir, Firmware, Machine, Platform, Regex,
-};
+use lazarus_tests::testguest::checked_sequences;
+use lazarus_tests::{image_with_modules, test_guest, work_dir, Firmware, Machine, Platform, Regex};
 
 const BOOT: Duration = Duration::from_secs(120);
 const RUN: Duration = Duration::from_secs(120);
@@ -22,31 +20,6 @@ fn boot(name: &str, vms: &[&str]) -> Machine {
     let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
     m.wait_prompt(BOOT);
     m
-}
-
-/// Every `[VM] seq=N sum=0x... ok` line seen so far, per VM, checked: the checksum is the
-/// one iteration N must produce, the sequence has no gap, and no line says CORRUPT.
-fn checked_sequences(m: &Machine) -> HashMap<String, u64> {
-    let re =
-        Regex::new(r"^\[([a-z0-9_-]+)\] seq=(\d+) sum=0x([0-9a-f]{16}) (ok|expected=.*)$").unwrap();
-    let mut last: HashMap<String, u64> = HashMap::new();
-    for line in m.lines() {
-        assert!(
-            !line.contains("CORRUPT"),
-            "guest reported corruption: {line}"
-        );
-        let Some(c) = re.captures(&line) else {
-            continue;
-        };
-        let (vm, n) = (c[1].to_string(), c[2].parse::<u64>().unwrap());
-        let sum = u64::from_str_radix(&c[3], 16).unwrap();
-        assert_eq!(&c[4], "ok", "{line}");
-        assert_eq!(sum, pattern_checksum(n), "wrong checksum in: {line}");
-        let expected = last.get(&vm).map_or(1, |p| p + 1);
-        assert_eq!(n, expected, "sequence gap for {vm}: {line}");
-        last.insert(vm, n);
-    }
-    last
 }
 
 /// Waits until VM `vm` has printed work line `seq`.
