@@ -255,6 +255,9 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
         let attempt = root
             .recovery
             .begin(cause, vector, failure::detected_at(), inflight);
+        if let Some(line) = hypervisor::inject::machine::take_line() {
+            root.recovery.set_inject_line(&line);
+        }
         if attempt > 1 {
             let _ = writeln!(root.recovery, "recovery attempt {} failed:", attempt - 1);
         }
@@ -282,7 +285,10 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
 
 /// Recovery failed `MAX_ATTEMPTS` times: print everything known and stop (DESIGN 6: "as a
 /// last resort the hypervisor halts with a diagnostic dump").
-fn last_resort(root: &ArenaRoot) -> ! {
+fn last_resort(root: &mut ArenaRoot) -> ! {
+    if let Some(line) = root.recovery.take_inject_line() {
+        log::warn!("{line}");
+    }
     failure::print_report_text(root.recovery.report());
     log::error!(
         "halted: recovery failed {} times in a row; the VMs were not resumed",

@@ -12,6 +12,8 @@ pub const RECOVERY_LOG: usize = 16;
 /// Bytes of failure report (the `hypervisor failure` line and register dump) kept for
 /// printing after the VMs run again.
 pub const REPORT_LEN: usize = 1536;
+/// Bytes of the kept `inject:` line.
+pub const INJECT_LINE: usize = 192;
 /// `inflight_slot` when no VM exit was in flight.
 pub const NO_SLOT: u32 = u32::MAX;
 /// Recovery attempts for one failure before the VM whose exit was in flight is stopped;
@@ -160,6 +162,11 @@ pub struct RecoveryState {
     pub fail_next_recovery: u32,
     /// Bit `slot` set for each VM the recovery in progress stopped (printed with it).
     pub stopped_slots: u32,
+    /// The fault injector's `inject:` line, when the injected fault was detected before
+    /// the line could be printed (it is printed before the report).
+    pub inject_len: u32,
+    pub _pad: u32,
+    pub inject_line: [u8; INJECT_LINE],
     /// Completed recoveries: `log[(n - 1) % RECOVERY_LOG]` is number n.
     pub completed: u64,
     pub log: [RecoveryRecord; RECOVERY_LOG],
@@ -175,6 +182,7 @@ impl RecoveryState {
         }
         self.in_progress = 1;
         self.inflight_slot = inflight;
+        self.inject_len = 0;
         self.pending_print = 0;
         self.report_len = 0;
         self.current = RecoveryRecord {
@@ -186,6 +194,22 @@ impl RecoveryState {
             ..RecoveryRecord::default()
         };
         1
+    }
+
+    /// Keeps the injector's line (truncated to [`INJECT_LINE`]).
+    pub fn set_inject_line(&mut self, line: &str) {
+        let n = (0..=line.len().min(INJECT_LINE))
+            .rev()
+            .find(|&i| line.is_char_boundary(i))
+            .unwrap_or(0);
+        self.inject_line[..n].copy_from_slice(&line.as_bytes()[..n]);
+        self.inject_len = n as u32;
+    }
+
+    /// Takes the kept `inject:` line, if any.
+    pub fn take_inject_line(&mut self) -> Option<&str> {
+        let len = (core::mem::take(&mut self.inject_len) as usize).min(INJECT_LINE);
+        (len > 0).then(|| core::str::from_utf8(&self.inject_line[..len]).unwrap_or("inject: ?"))
     }
 
     /// The failure report text (bound-checked).

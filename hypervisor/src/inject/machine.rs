@@ -28,6 +28,24 @@ static PLAN: spin::Mutex<Option<Plan>> = spin::Mutex::new(None);
 static STATIC_DATA: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static HEAP: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static LOCK: AtomicUsize = AtomicUsize::new(0);
+/// The `inject:` line of the injection that fired, until someone prints it.
+static PENDING: AtomicBool = AtomicBool::new(false);
+static mut PENDING_LINE: LineBuffer = LineBuffer::new();
+
+type LineBuffer = heapless::String<192>;
+
+/// The `inject:` line of an injection that fired and was not printed yet (without the
+/// `[lazarus] WARN  ` prefix); taking it marks it printed.
+pub fn take_line() -> Option<LineBuffer> {
+    if !PENDING.swap(false, Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: PENDING was set after the handler finished writing, and the handler never
+    // writes again for this plan; a new plan cannot fire before this copy ends (the
+    // caller is the run loop or the failure path, with no VM exit in between). The
+    // buffer is plain bytes and a length: a bit copy is a proper copy.
+    Some(unsafe { core::ptr::read(&raw const PENDING_LINE) })
+}
 
 /// `inject=on` (or a plan) on the command line: injections may be armed.
 pub fn enable() {
@@ -118,17 +136,23 @@ pub fn on_debug(frame: &mut ExceptionFrame) -> bool {
     };
     let rip = frame.rip;
     let done = inject(&plan, frame);
-    let mut line: heapless::String<256> = heapless::String::new();
-    let _ = writeln!(
+    // The line waits in a buffer: the trap may have interrupted a line being printed
+    // (or the console lock's holder). The run loop prints it before its next VM entry,
+    // or the failure path takes it into the arena when the fault is detected first.
+    let mut line = LineBuffer::new();
+    let _ = write!(
         line,
-        "[lazarus] WARN  {}",
+        "{}",
         Line {
             plan: &plan,
             rip,
             done
         }
     );
-    crate::arch::serial::write_unlocked(&line);
+    // SAFETY: the #DB handler is the only writer and runs once per armed plan; readers
+    // look only after PENDING says the buffer is complete (Release/Acquire).
+    unsafe { core::ptr::write(&raw mut PENDING_LINE, line) };
+    PENDING.store(true, Ordering::Release);
     if plan.fault == FaultType::Lock {
         if let Some(lock) = lock() {
             lock.acquire(0, 0);

@@ -17,6 +17,9 @@ impl Vms {
     /// Runs one VM entry and handles the exit it ends with. Returns false when no VM
     /// can run (the caller idles).
     pub fn step(&mut self) -> bool {
+        if let Some(line) = crate::inject::machine::take_line() {
+            log::warn!("{line}");
+        }
         crate::watchdog::pet();
         let now = rdtsc();
         let slot = match self.current {
@@ -247,6 +250,9 @@ impl Vms {
         r.current.t_entry = entered;
         let record = r.complete();
         let stopped = core::mem::take(&mut r.stopped_slots);
+        if let Some(line) = r.take_inject_line() {
+            log::warn!("{line}");
+        }
         crate::failure::print_report_text(r.report());
         for (slot, vm) in self.root.vms.iter().enumerate() {
             if stopped & (1 << slot) != 0 {
