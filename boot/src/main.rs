@@ -253,7 +253,7 @@ extern "C" fn lazarus_recovery_entry() -> ! {
         instructions::halt_forever()
     };
     if !root.boot.is_intact() {
-        failure::print_report_text(root.recovery.report());
+        root.recovery.print_report();
         error!("halted: recovery impossible: the arena's boot record is damaged");
         instructions::halt_forever()
     }

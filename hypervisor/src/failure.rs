@@ -148,6 +148,44 @@ pub fn write_report(failure: &Failure, out: &mut impl fmt::Write) -> fmt::Result
     Ok(())
 }
 
+/// The `hypervisor failure` line of `failure` alone, and the registers of an exception or
+/// hang, for formatting later ([`print_kept_report`]): the failure path keeps them raw,
+/// because formatting the register dump costs more than the rest of the path.
+pub fn write_report_line(
+    failure: &Failure,
+    out: &mut impl fmt::Write,
+) -> Result<Option<(ExceptionFrame, [u64; 4])>, fmt::Error> {
+    writeln!(out, "{failure}")?;
+    Ok(match failure {
+        Failure::Exception { frame, .. } | Failure::Hang { frame, .. } => {
+            Some((**frame, crate::arch::instructions::control_registers()))
+        }
+        _ => None,
+    })
+}
+
+/// Prints a report kept in the arena: its first line, then the register dump kept raw
+/// with it (if any), then the rest (failures during recovery, formatted at the time).
+pub fn print_kept_report(text: &str, dump: Option<(&ExceptionFrame, [u64; 4])>) {
+    let mut lines = text.lines();
+    if let Some(first) = lines.next() {
+        log::error!("{first}");
+    }
+    if let Some((frame, control)) = dump {
+        let mut rows: heapless::String<1024> = heapless::String::new();
+        let _ = fmt::write(
+            &mut rows,
+            format_args!("{}", RegisterDump { frame, control }),
+        );
+        for row in rows.lines() {
+            log::error!("  {row}");
+        }
+    }
+    for line in lines {
+        log::error!("{line}");
+    }
+}
+
 /// Prints a report (from [`write_report`]) as error lines, one per report line, so every
 /// line carries the hypervisor prefix.
 pub fn print_report_text(text: &str) {

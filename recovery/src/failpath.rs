@@ -261,7 +261,17 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
         if attempt > 1 {
             let _ = writeln!(root.recovery, "recovery attempt {} failed:", attempt - 1);
         }
-        let _ = failure::write_report(failure, &mut root.recovery);
+        if attempt == 1 {
+            if let Ok(Some((frame, control))) =
+                failure::write_report_line(failure, &mut root.recovery)
+            {
+                root.recovery.dump_frame = frame;
+                root.recovery.dump_control = control;
+                root.recovery.dump_valid = 1;
+            }
+        } else {
+            let _ = failure::write_report(failure, &mut root.recovery);
+        }
         if attempt > MAX_ATTEMPTS {
             last_resort(root);
         }
@@ -286,10 +296,7 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
 /// Recovery failed `MAX_ATTEMPTS` times: print everything known and stop (DESIGN 6: "as a
 /// last resort the hypervisor halts with a diagnostic dump").
 fn last_resort(root: &mut ArenaRoot) -> ! {
-    if let Some(line) = root.recovery.take_inject_line() {
-        log::warn!("{line}");
-    }
-    failure::print_report_text(root.recovery.report());
+    root.recovery.print_report();
     log::error!(
         "halted: recovery failed {} times in a row; the VMs were not resumed",
         MAX_ATTEMPTS

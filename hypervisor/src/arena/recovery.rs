@@ -162,6 +162,12 @@ pub struct RecoveryState {
     pub fail_next_recovery: u32,
     /// Bit `slot` set for each VM the recovery in progress stopped (printed with it).
     pub stopped_slots: u32,
+    /// 1 when `dump_frame` and `dump_control` hold the registers of the first failure (an
+    /// exception or a hang), to be formatted when the report is printed.
+    pub dump_valid: u32,
+    pub _pad3: u32,
+    pub dump_frame: crate::arch::idt::ExceptionFrame,
+    pub dump_control: [u64; 4],
     /// The fault injector's `inject:` line, when the injected fault was detected before
     /// the line could be printed (it is printed before the report).
     pub inject_len: u32,
@@ -183,6 +189,7 @@ impl RecoveryState {
         self.in_progress = 1;
         self.inflight_slot = inflight;
         self.inject_len = 0;
+        self.dump_valid = 0;
         self.pending_print = 0;
         self.report_len = 0;
         self.current = RecoveryRecord {
@@ -210,6 +217,20 @@ impl RecoveryState {
     pub fn take_inject_line(&mut self) -> Option<&str> {
         let len = (core::mem::take(&mut self.inject_len) as usize).min(INJECT_LINE);
         (len > 0).then(|| core::str::from_utf8(&self.inject_line[..len]).unwrap_or("inject: ?"))
+    }
+
+    /// The first failure's raw register dump, if kept.
+    pub fn dump(&self) -> Option<(&crate::arch::idt::ExceptionFrame, [u64; 4])> {
+        (self.dump_valid == 1).then_some((&self.dump_frame, self.dump_control))
+    }
+
+    /// Prints the kept report: the `inject:` line (if any), then the report with its
+    /// register dump.
+    pub fn print_report(&mut self) {
+        if let Some(line) = self.take_inject_line() {
+            log::warn!("{line}");
+        }
+        crate::failure::print_kept_report(self.report(), self.dump());
     }
 
     /// The failure report text (bound-checked).

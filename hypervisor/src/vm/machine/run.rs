@@ -250,10 +250,7 @@ impl Vms {
         r.current.t_entry = entered;
         let record = r.complete();
         let stopped = core::mem::take(&mut r.stopped_slots);
-        if let Some(line) = r.take_inject_line() {
-            log::warn!("{line}");
-        }
-        crate::failure::print_report_text(r.report());
+        r.print_report();
         for (slot, vm) in self.root.vms.iter().enumerate() {
             if stopped & (1 << slot) != 0 {
                 log::error!("vm {}: stopped: {}", vm.name(), vm.stop_reason());
