@@ -387,3 +387,82 @@ fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit() {
     }
     recovery_command(&mut m, &[panic, mid, commit]);
 }
+
+/// Boots two test guests; `beta` fires `trigger=recovery-fail` with `count` through the
+/// hypercall after its second work line, so its exit is the one in flight.
+fn failing_recoveries(name: &str, count: u32) -> Machine {
+    let dir = work_dir(name);
+    let guest = test_guest();
+    let beta = format!(
+        "vm=beta elf mem=8M mode=work burn=20 trigger=recovery-fail trigger-count={count} trigger-after=2"
+    );
+    let modules: [(&Path, &str); 2] = [
+        (&guest, "vm=alpha elf mem=8M mode=work burn=20"),
+        (&guest, &beta),
+    ];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m.expect_line(
+        &format!(r"^\[lazarus\] WARN  trigger: vm beta fires 'recovery-fail' \(count {count}\)$"),
+        RECOVERY,
+    );
+    m
+}
+
+#[test]
+fn the_third_attempt_stops_the_vm_whose_exit_was_in_flight_and_a_fourth_halts() {
+    // Two recoveries fail: the third attempt stops beta (its hypercall was in flight) and
+    // succeeds; alpha goes on.
+    let mut m = failing_recoveries("recovery_inflight", 2);
+    for n in 1..=2 {
+        m.expect_line(
+            &format!(r"^\[lazarus\] ERROR recovery attempt {n} failed:$"),
+            RECOVERY,
+        );
+    }
+    m.expect_line(
+        r"^\[lazarus\] ERROR vm beta: stopped: recovery: its exit was in flight in 2 failed recoveries$",
+        RECOVERY,
+    );
+    let line = m.expect_line(r"^\[lazarus\] INFO  recovery 1: ", RECOVERY);
+    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!(
+        (r.get("attempts"), r.get("stopped"), r.get("runnable")),
+        (3, 1, 1),
+        "{line}"
+    );
+    let before = checked_sequences(&m).get("alpha").copied().unwrap_or(0);
+    m.wait_for_text(&format!("[alpha] seq={} sum=", before + 3), RUN);
+    checked_sequences(&m);
+    let list = m.command("vm list");
+    assert!(list.contains("alpha id=1 state=running"), "{list}");
+    assert!(
+        list.contains(r#"beta id=2 state=stopped"#)
+            && list.contains(r#"reason="recovery: its exit was in flight in 2 failed recoveries""#),
+        "{list}"
+    );
+    drop(m);
+
+    // Three fail: the last resort is a halt with the reports and the VM table.
+    let mut m = failing_recoveries("recovery_last_resort", 3);
+    m.expect_line(
+        r"^\[lazarus\] ERROR halted: recovery failed 3 times in a row; the VMs were not resumed$",
+        RECOVERY,
+    );
+    m.expect_line(
+        r"^\[lazarus\] ERROR   vm alpha: state=1 phase=\d exit=\d+ rip_at_exit=0x[0-9a-f]+$",
+        RECOVERY,
+    );
+    m.expect_line(
+        r"^\[lazarus\] ERROR   vm beta: state=3 phase=\d exit=\d+ rip_at_exit=0x[0-9a-f]+$",
+        RECOVERY,
+    );
+    let t = m.transcript();
+    assert!(!t.contains("INFO  recovery 1:"), "no recovery completed");
+    assert_eq!(
+        t.matches("recovery attempt").count(),
+        3,
+        "three failed attempts reported"
+    );
+}
