@@ -162,6 +162,7 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
             ),
             Err(why) => error!("recovery: not armed: {why}"),
         }
+        start_scrub();
     }
 
     if options.inject.enabled() {
@@ -200,6 +201,13 @@ fn bring_up_cpu() {
     // A recovery after a hang starts inside the watchdog's NMI handler, with NMIs
     // blocked until an IRET: end that now that the IDT is in place (harmless otherwise).
     nmi::unblock_nmis();
+}
+
+/// Starts the image scrub (`hypervisor::scrub`) once the pristine copy exists.
+fn start_scrub() {
+    if let Some((regions, payload, sum)) = recovery::scrub_regions() {
+        hypervisor::scrub::machine::start(regions, payload, sum);
+    }
 }
 
 /// `inject=` on the command line: the injector may be armed, and aims at this image's
@@ -314,6 +322,7 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     if options.triggers {
         vms.enable_triggers();
     }
+    start_scrub();
     vms.root_mut().recovery.current.t_boot = instructions::rdtsc();
     let mut repairs = recovery::repair(&mut vms);
     repairs.stopped += vms.adopt_ram(&mut layout.free);

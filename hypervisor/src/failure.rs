@@ -28,6 +28,11 @@ pub enum Failure<'a> {
         what: &'a str,
         error: crate::arena::ArenaError,
     },
+    /// The image scrub found a word of code or read-only data that differs from the
+    /// pristine copy (which is intact).
+    Image {
+        address: u64,
+    },
     /// The watchdog saw no progress for `HANG_MS` (the NMI interrupted `frame`).
     Hang {
         rip: u64,
@@ -45,6 +50,7 @@ impl Failure<'_> {
             Failure::Vmx { .. } => (Cause::Vmx, 0),
             Failure::Arena { .. } => (Cause::Arena, 0),
             Failure::Hang { .. } => (Cause::Hang, 0),
+            Failure::Image { .. } => (Cause::Image, 0),
         }
     }
 }
@@ -75,6 +81,10 @@ impl fmt::Display for Failure<'_> {
             Failure::Arena { what, error } => {
                 write!(f, "hypervisor failure: arena check ({what}): {error}")
             }
+            Failure::Image { address } => write!(
+                f,
+                "hypervisor failure: image scrub: code or read-only data changed at {address:#x}"
+            ),
             Failure::Hang { rip, .. } => write!(
                 f,
                 "hypervisor failure: hang: no progress for {} ms (rip={rip:#x})",

@@ -20,6 +20,7 @@ pub mod failure;
 pub mod inject;
 pub mod loader;
 pub mod memory;
+pub mod scrub;
 pub mod triggers;
 pub mod vm;
 pub mod vmx;

@@ -41,7 +41,7 @@ const _: () = assert!(core::mem::size_of::<Anchor>() == 64);
 /// and it costs one instruction a word in the trampoline, which computes it on every
 /// recovery without calling any code it is about to replace.
 pub fn pristine_checksum(words: impl IntoIterator<Item = u64>) -> u64 {
-    words.into_iter().fold(0u64, u64::wrapping_add)
+    hypervisor::scrub::word_sum(words)
 }
 
 impl Anchor {

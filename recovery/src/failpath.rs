@@ -209,6 +209,26 @@ pub fn take_pristine(pristine: Range, arena: Range) -> Result<Anchor, &'static s
     Ok(anchor)
 }
 
+/// What the image scrub compares: `.text .rodata` of the running image against the
+/// pristine copy, and the whole payload with its checksum (from an intact anchor).
+pub fn scrub_regions() -> Option<(hypervisor::scrub::Regions, (u64, u64), u64)> {
+    let anchor = anchor();
+    let payload = payload();
+    if !anchor.is_intact(payload.len()) {
+        return None;
+    }
+    let immutable = addr(&raw const __data_start) - payload.start;
+    Some((
+        hypervisor::scrub::Regions {
+            live: payload.start,
+            len: immutable,
+            pristine: anchor.payload,
+        },
+        (anchor.payload, anchor.len),
+        anchor.sum,
+    ))
+}
+
 /// The arena named by an intact anchor whose header magic is right, if any.
 pub fn arena() -> Option<&'static mut ArenaRoot> {
     let anchor = anchor();

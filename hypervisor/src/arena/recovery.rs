@@ -29,6 +29,8 @@ pub enum Cause {
     Vmx = 3,
     Hang = 4,
     Arena = 5,
+    /// The image scrub found the running code or read-only data changed.
+    Image = 6,
 }
 
 impl Cause {
@@ -39,6 +41,7 @@ impl Cause {
             3 => Self::Vmx,
             4 => Self::Hang,
             5 => Self::Arena,
+            6 => Self::Image,
             _ => return None,
         })
     }
@@ -115,6 +118,7 @@ impl fmt::Display for RecoveryRecord {
             Some(Cause::Vmx) => f.write_str("vmx")?,
             Some(Cause::Hang) => f.write_str("hang")?,
             Some(Cause::Arena) => f.write_str("arena")?,
+            Some(Cause::Image) => f.write_str("image")?,
             None => f.write_str("unknown")?,
         }
         write!(

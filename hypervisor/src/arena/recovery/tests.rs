@@ -254,6 +254,7 @@ fn recovery_line_names_every_cause() {
     assert_eq!(line(Cause::Vmx as u32, 0), "cause=vmx");
     assert_eq!(line(Cause::Hang as u32, 0), "cause=hang");
     assert_eq!(line(Cause::Arena as u32, 0), "cause=arena");
+    assert_eq!(line(Cause::Image as u32, 0), "cause=image");
     assert_eq!(line(0, 0), "cause=unknown");
     assert_eq!(line(99, 0), "cause=unknown");
 }
@@ -287,9 +288,10 @@ fn causes_round_trip() {
         Cause::Vmx,
         Cause::Hang,
         Cause::Arena,
+        Cause::Image,
     ] {
         assert_eq!(Cause::from_raw(c as u32), Some(c));
     }
     assert_eq!(Cause::from_raw(0), None);
-    assert_eq!(Cause::from_raw(6), None);
+    assert_eq!(Cause::from_raw(7), None);
 }

@@ -197,6 +197,7 @@ impl Vms {
             self.fire_from_guest(slot, trigger, count);
         }
         self.root.running = 0;
+        scrub_one_page();
         if self.root.recovery.pending_print != 0 {
             self.finish_recovery(entered);
         }
@@ -356,6 +357,26 @@ impl Vms {
         load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         self.current = Some(next);
         self.root.fpu_owner = next as u32 + 1;
+    }
+}
+
+/// Every few VM exits, compares one page of the image's code and read-only data with the
+/// pristine copy (`crate::scrub`): a change is a hypervisor failure; a change in the copy
+/// is repaired, or reported once if it cannot be.
+fn scrub_one_page() {
+    use crate::scrub::Verdict;
+    match crate::scrub::machine::after_exit() {
+        None => {}
+        Some((address, Verdict::ImageChanged)) => failure::fail(&Failure::Image { address }),
+        Some((address, Verdict::PristineRepaired)) => log::warn!(
+            "scrub: the pristine copy differed from the image at {address:#x}; repaired from the image"
+        ),
+        Some((address, Verdict::PristineDamaged)) => {
+            log::error!(
+                "scrub: the pristine copy is damaged (near {address:#x}) and could not be repaired: a recovery would halt; scrubbing stops"
+            );
+            crate::scrub::machine::stop();
+        }
     }
 }
 
