@@ -48,7 +48,7 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`).
-pub const TRIGGERS: [&str; 13] = [
+pub const TRIGGERS: [&str; 14] = [
     "panic",
     "pf",
     "gp",
@@ -62,6 +62,7 @@ pub const TRIGGERS: [&str; 13] = [
     "hang",
     "deadlock",
     "mid-commit",
+    "code-flip",
 ];
 
 impl Hypercall {

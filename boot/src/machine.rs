@@ -99,6 +99,12 @@ impl Machine for BootMachine {
         }
         log::warn!("trigger: firing '{}'", trigger.name());
         triggers::fire(trigger);
+        if trigger == Trigger::CodeFlip {
+            return writeln!(
+                out,
+                "trigger: code-flip: one bit of unused code changed; the image scrub will find it"
+            );
+        }
         writeln!(
             out,
             "error: trigger {}: the failure did not happen",

@@ -38,10 +38,13 @@ pub enum Trigger {
     /// A panic once the next VM exit has entered its commit (armed; fires at the next VM
     /// exit): recovery must finish that commit from the commit log (roll forward).
     MidCommit,
+    /// Flips one bit of code that never runs ([`scrub_target`]) and returns: nothing
+    /// fails until the image scrub finds the change (cause `image`).
+    CodeFlip,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 13] = [
+    pub const ALL: [Trigger; 14] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -55,6 +58,7 @@ impl Trigger {
         Trigger::Hang,
         Trigger::Deadlock,
         Trigger::MidCommit,
+        Trigger::CodeFlip,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -73,6 +77,7 @@ impl Trigger {
             Trigger::Hang => "hang",
             Trigger::Deadlock => "deadlock",
             Trigger::MidCommit => "mid-commit",
+            Trigger::CodeFlip => "code-flip",
         }
     }
 
@@ -168,6 +173,13 @@ pub fn fire(trigger: Trigger) {
         Trigger::RecoveryFail | Trigger::CorruptVm => {
             panic!("trigger: deliberate panic ({})", trigger.name())
         }
+        Trigger::CodeFlip => {
+            let target = scrub_target as *const () as *mut u8;
+            // SAFETY: the first byte of `scrub_target`, a function nothing calls: the
+            // image is identity-mapped and writable, and changing it is the point (the
+            // scrub must notice; the recovery restores it from the pristine copy).
+            unsafe { core::ptr::write_volatile(target, core::ptr::read_volatile(target) ^ 0x10) };
+        }
         Trigger::VmcsHost | Trigger::MidExit | Trigger::MidCommit => {
             arm(trigger);
         }
@@ -183,6 +195,14 @@ pub fn fire(trigger: Trigger) {
             deadlock(&LOCK)
         }
     }
+}
+
+/// Code that never runs, for `code-flip` to change. Not inlined and kept, so it has an
+/// address of its own in `.text`.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn scrub_target() -> u64 {
+    core::hint::black_box(0x5c2b)
 }
 
 /// Trigger `deadlock`: takes `lock` (the arena's, when VMs run) twice on the same CPU with
@@ -207,7 +227,7 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip"
         );
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {

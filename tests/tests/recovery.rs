@@ -466,3 +466,43 @@ fn the_third_attempt_stops_the_vm_whose_exit_was_in_flight_and_a_fourth_halts() 
         "three failed attempts reported"
     );
 }
+
+#[test]
+fn a_flipped_bit_in_code_that_never_runs_is_found_by_the_image_scrub() {
+    let dir = work_dir("recovery_scrub");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 2] = [
+        (&guest, "vm=alpha elf mem=8M mode=work burn=20"),
+        (&guest, "vm=beta elf mem=8M mode=work burn=20"),
+    ];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m.wait_for_text("[beta] seq=2 sum=", RUN);
+    let reply = m.command("trigger code-flip");
+    assert!(
+        reply.ends_with(
+            "trigger: code-flip\ntrigger: code-flip: one bit of unused code changed; the image scrub will find it\n"
+        ),
+        "{reply}"
+    );
+    m.expect_line(
+        r"^\[lazarus\] ERROR hypervisor failure: image scrub: code or read-only data changed at 0x[0-9a-f]+$",
+        RECOVERY,
+    );
+    let line = m.expect_line(r"^\[lazarus\] INFO  recovery 1: cause=image ", RECOVERY);
+    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!((r.get("attempts"), r.get("stopped")), (1, 0), "{line}");
+    // The restored image is whole again: no second report, and the VMs count on.
+    let last = checked_sequences(&m);
+    for vm in ["alpha", "beta"] {
+        let next = last.get(vm).copied().unwrap_or(0) + 5;
+        m.wait_for_text(&format!("[{vm}] seq={next} sum="), RUN);
+    }
+    checked_sequences(&m);
+    assert_eq!(
+        m.transcript().matches("failure: image scrub").count(),
+        1,
+        "one report only"
+    );
+}
