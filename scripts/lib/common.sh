@@ -12,6 +12,7 @@ LZ_PKGS_IMAGE="grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools"
 LZ_PKGS_BOCHS="bochs bochs-term bochsbios vgabios"
 LZ_PKGS_QEMU="qemu-system-x86 ovmf"
 LZ_PKGS_RUN="socat python3"
+LZ_PKGS_CHART="python3 python3-matplotlib"
 
 # Installs the Debian packages that are not installed yet: apt-get as root, or through
 # sudo; on a system without apt-get, names the packages and stops.
