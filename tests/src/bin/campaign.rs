@@ -2015,6 +2015,24 @@ fn classify(ctx: &Context, watch: &mut Watch, c: &Console) {
         "recovered"
     }
     .to_string();
+    // Output that never completes a line (a fault in the console's own code) is not
+    // silence: say so.
+    let tail = &c.seen[c.cursor.min(c.seen.len())..];
+    if tail.len() > 500 {
+        let shown: String = tail
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        o.notes.push(format!(
+            "the console kept sending ({} bytes after its last complete line), e.g.: {:?}",
+            tail.len(),
+            shown
+        ));
+    }
     if o.class != "not_manifested" && o.class != "recovered" {
         o.notes.push(format!(
             "console, last {EXCERPT_LINES} lines:\n{}",
@@ -2176,8 +2194,21 @@ fn apply_guest_defaults(o: &mut Options) {
 fn ensure_snapshot(o: &Options, guests: &Guests, meta: &Meta) -> Result<Snapshot, String> {
     let dir = o.out.join("snapshot");
     let stamp = format!("{} {} {}", meta.kernel, meta.guests, o.memory_mib);
-    if fs::read_to_string(dir.join("made-for")).ok().as_deref() == Some(stamp.as_str()) {
+    let made_for = fs::read_to_string(dir.join("made-for")).unwrap_or_default();
+    if made_for == stamp {
         if let Some(s) = load_snapshot(&dir) {
+            return Ok(s);
+        }
+    } else if o.action == Action::Rerun {
+        // A rerun repeats a campaign's run: from the campaign's own machine, whatever
+        // hypervisor the tree builds now.
+        if let Some(s) = load_snapshot(&dir) {
+            if !made_for.starts_with(&meta.kernel) {
+                eprintln!(
+                    "campaign: note: rerunning from the campaign's saved machine (made for {made_for}), not the hypervisor built now ({})",
+                    meta.kernel
+                );
+            }
             return Ok(s);
         }
     }
@@ -2421,7 +2452,12 @@ impl Outcome {
             ),
             (None, Some((vm, why)), _) => format!("{vm}: {why}"),
             (None, None, _) if !self.failures.is_empty() => self.failures[0].clone(),
-            (None, None, _) if self.fired.is_none() => "did not fire".to_string(),
+            (None, None, _) if self.fired.is_none() && self.console == "answered" => {
+                "did not fire".to_string()
+            }
+            (None, None, _) if self.fired.is_none() => {
+                format!("no inject line seen, console {}", self.console)
+            }
             (None, None, _) => format!("console {}", self.console),
         };
         text.chars().take(110).collect()
@@ -2873,16 +2909,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 src, dst = sys.argv[1], sys.argv[2]
 d = json.load(open(src))
-types = [t for t in d["types"] if t["manifested"] > 0]
+types = d["types"]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
 for ax, key, measure, title in [(axes[0], "success", "recovered", "Recovered (success), over manifested runs"),
                                 (axes[1], "no_vm_lost", "no VM lost", "Recovered with no VM lost, over manifested runs")]:
     names = [t["fault"] for t in types]
     x = list(range(len(names)))
     w = 0.2
-    vals = [100 * t[key + "_rate"] for t in types]
-    lo = [100 * (t[key + "_rate"] - t[key + "_lo"]) for t in types]
-    hi = [100 * (t[key + "_hi"] - t[key + "_rate"]) for t in types]
+    vals = [100 * t[key + "_rate"] if t["manifested"] else 0 for t in types]
+    lo = [100 * (t[key + "_rate"] - t[key + "_lo"]) if t["manifested"] else 0 for t in types]
+    hi = [100 * (t[key + "_hi"] - t[key + "_rate"]) if t["manifested"] else 0 for t in types]
     ax.bar([i - 1.5 * w for i in x], vals, w, yerr=[lo, hi], capsize=4, color="#2b6cb0", label="Lazarus (this campaign, 95% CI)")
     for off, name, color in [(-0.5, "rehype", "#a0aec0"), (0.5, "nilihype", "#718096"), (1.5, "goal", "#38a169")]:
         xs, ys = [], []
@@ -2893,16 +2929,23 @@ for ax, key, measure, title in [(axes[0], "success", "recovered", "Recovered (su
         label = {"rehype": "ReHype", "nilihype": "NiLiHype", "goal": "Lazarus goal"}[name]
         ax.bar(xs, ys, w, color=color, label=label)
     for i, t in enumerate(types):
-        ax.text(i - 1.5 * w, 2, "n=%d" % t["manifested"], ha="center", va="bottom", fontsize=7, color="white", rotation=90)
+        ax.text(i - 1.5 * w, 2, "n=%d" % t["manifested"], ha="center", va="bottom", fontsize=7,
+                color="white" if t["manifested"] else "black", rotation=90)
     ax.set_xticks(x); ax.set_xticklabels(names)
     ax.set_ylim(0, 105); ax.set_title(title, fontsize=10); ax.grid(axis="y", alpha=0.3)
 axes[0].set_ylabel("% of manifested runs")
-axes[1].legend(loc="lower right", fontsize=8)
+handles, labels = axes[0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
 fig.suptitle("Lazarus fault-injection campaign: " + d.get("title", ""), fontsize=11)
-fig.tight_layout()
+fig.tight_layout(rect=(0, 0.06, 1, 1))
 fig.savefig(dst, dpi=110)
 "##;
-    let result = Command::new("python3")
+    // Debian's python3 (where python3-matplotlib goes), before any other in PATH.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| !p.starts_with('/') || Path::new(p).exists())
+        .unwrap_or("python3");
+    let result = Command::new(python)
         .arg("-c")
         .arg(SCRIPT)
         .arg(out.join("summary.json"))
