@@ -292,6 +292,11 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
         } else {
             let _ = failure::write_report(failure, &mut root.recovery);
         }
+        if root.recovery.report_len == 0 {
+            // Formatting produced nothing: the formatting code itself may be what the
+            // fault broke. Say so with a fixed line (no formatting involved).
+            root.recovery.append_report(unformatted_report(cause));
+        }
         if attempt > MAX_ATTEMPTS {
             last_resort(root);
         }
@@ -305,12 +310,31 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
         vmx::teardown(pages.into_iter());
     }
     // Depth 2: the failure path itself failed. The report and VMX teardown are skipped
-    // (they may be what failed); the recovery boot copes with VMX still on.
+    // (they may be what failed); the recovery boot copes with VMX still on. A fixed line
+    // (no formatting) says so.
+    if depth > 1 {
+        root.recovery.append_report(
+            "hypervisor failure: a second failure inside the failure path (its report is lost)\n",
+        );
+    }
     root.recovery.current.t_failpath = instructions::rdtsc();
     // SAFETY: the anchor is intact (checked by `arena()`) and lives outside everything the
     // trampoline rewrites; the trampoline verifies the pristine copy before it overwrites
     // the image, and never returns.
     unsafe { lazarus_microreboot(&raw const recovery_anchor) }
+}
+
+/// The report line for a failure whose report could not be formatted: fixed text only.
+fn unformatted_report(cause: hypervisor::arena::Cause) -> &'static str {
+    use hypervisor::arena::Cause;
+    match cause {
+        Cause::Panic => "hypervisor failure: panic (the report could not be formatted)\n",
+        Cause::Exception => "hypervisor failure: exception (the report could not be formatted)\n",
+        Cause::Vmx => "hypervisor failure: vmx (the report could not be formatted)\n",
+        Cause::Hang => "hypervisor failure: hang (the report could not be formatted)\n",
+        Cause::Arena => "hypervisor failure: arena check (the report could not be formatted)\n",
+        Cause::Image => "hypervisor failure: image scrub (the report could not be formatted)\n",
+    }
 }
 
 /// Recovery failed `MAX_ATTEMPTS` times: print everything known and stop (DESIGN 6: "as a
