@@ -256,10 +256,13 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     // The dead instance may have left a prompt on the terminal: the first line printed
     // (a rolled-forward VM line, the failure report) replaces it like any log line.
     serial::set_prompt_line(&[machine::PROMPT.as_bytes()]);
-    let Some(root) = recovery::arena() else {
-        error!("recovery: the anchor or the arena header is damaged; halted");
+    let Some((root, header_restored)) = recovery::arena() else {
+        error!("halted: recovery impossible: the recovery anchor is damaged");
         instructions::halt_forever()
     };
+    if header_restored {
+        warn!("recovery: the arena header was damaged during the recovery boot; its fixed fields were restored from the anchor");
+    }
     if !root.boot.is_intact() {
         root.recovery.print_report();
         error!("halted: recovery impossible: the arena's boot record is damaged");

@@ -78,13 +78,28 @@ impl Anchor {
     /// Whether the anchor is what cold boot wrote: magic, checksum, and sane values
     /// (`expected_len` is the payload length of this image).
     pub fn is_intact(&self, expected_len: u64) -> bool {
-        self.magic == ANCHOR_MAGIC
-            && self.checksum == self.compute_checksum()
-            && self.len == expected_len
-            && self.len.is_multiple_of(64)
-            && self.payload.is_multiple_of(4096)
-            && self.arena_base.is_multiple_of(4096)
-            && self.arena_size != 0
+        self.damage(expected_len).is_none()
+    }
+
+    /// What is wrong with the anchor, if anything (for the halt line that says why no
+    /// recovery is possible). All zero is an anchor cold boot never wrote.
+    pub fn damage(&self, expected_len: u64) -> Option<&'static str> {
+        if *self == Anchor::default() {
+            Some("never written (VMX never started)")
+        } else if self.magic != ANCHOR_MAGIC {
+            Some("magic wrong")
+        } else if self.checksum != self.compute_checksum() {
+            Some("checksum wrong")
+        } else if self.len != expected_len
+            || !self.len.is_multiple_of(64)
+            || !self.payload.is_multiple_of(4096)
+            || !self.arena_base.is_multiple_of(4096)
+            || self.arena_size == 0
+        {
+            Some("values do not fit this image")
+        } else {
+            None
+        }
     }
 }
 
@@ -109,6 +124,23 @@ mod tests {
                 assert_ne!(pristine_checksum(flipped), h, "word {word} bit {bit}");
             }
         }
+    }
+
+    #[test]
+    fn damage_names_what_is_wrong() {
+        let a = Anchor::new(0x40_0000, 0x4_0000, 0x1234, 0x7f00_0000, 0x80_0000);
+        assert_eq!(a.damage(0x4_0000), None);
+        assert_eq!(
+            Anchor::default().damage(0x4_0000),
+            Some("never written (VMX never started)")
+        );
+        let mut b = a;
+        b.magic ^= 1;
+        assert_eq!(b.damage(0x4_0000), Some("magic wrong"));
+        let mut b = a;
+        b.sum ^= 1 << 40;
+        assert_eq!(b.damage(0x4_0000), Some("checksum wrong"));
+        assert_eq!(a.damage(0x5_0000), Some("values do not fit this image"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use core::fmt::Write;
 
 use hypervisor::arch::{instructions, serial, vmx};
 use hypervisor::arena::recovery::{MAX_ATTEMPTS, NO_SLOT};
-use hypervisor::arena::{ArenaRoot, VmState, ARENA_MAGIC};
+use hypervisor::arena::{ArenaRoot, VmState};
 use hypervisor::failure::{self, Failure};
 use hypervisor::memory::Range;
 
@@ -229,17 +229,24 @@ pub fn scrub_regions() -> Option<(hypervisor::scrub::Regions, (u64, u64), u64)> 
     ))
 }
 
-/// The arena named by an intact anchor whose header magic is right, if any.
-pub fn arena() -> Option<&'static mut ArenaRoot> {
+/// The arena named by an intact anchor, if any, and whether its header had to be
+/// restored. An intact anchor means cold boot had initialised the arena before writing
+/// it, and it holds the arena's base and size outside the arena; the header's fixed
+/// fields are rewritten from it, so a stray write into the header (campaign finding 3)
+/// does not end in a halt. The rest of the root is still validated by the recovery boot.
+pub fn arena() -> Option<(&'static mut ArenaRoot, bool)> {
     let anchor = anchor();
     if !anchor.is_intact(payload().len()) {
         return None;
     }
     // SAFETY: cold boot wrote the anchor with the arena's base (identity-mapped RAM that
-    // the layout reserved for the arena alone); the root is plain integers, so any
-    // content is a valid value, and the magic says cold boot initialised it.
+    // the layout reserved for the arena alone) after initialising the arena; the root is
+    // plain integers, so any content is a valid value.
     let root = unsafe { &mut *(anchor.arena_base as *mut ArenaRoot) };
-    (root.header.magic == ARENA_MAGIC && root.header.base == anchor.arena_base).then_some(root)
+    let restored = root
+        .header
+        .restore_fixed(anchor.arena_base, anchor.arena_size);
+    Some((root, restored))
 }
 
 /// The failure hook `boot` installs (DESIGN 6, the failure path). Never returns: it
@@ -262,12 +269,8 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
         serial::write_str("\n[lazarus] ERROR halted: the failure path keeps failing\n");
         instructions::halt_forever();
     }
-    let Some(root) = arena() else {
-        failure::print_report(failure);
-        log::error!(
-            "halted: no recovery possible: no arena (VMX never started or the anchor is damaged)"
-        );
-        instructions::halt_forever()
+    let Some((root, header_restored)) = arena() else {
+        no_arena(failure)
     };
     if depth == 1 {
         let (cause, vector) = failure.cause();
@@ -297,6 +300,9 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
             // fault broke. Say so with a fixed line (no formatting involved).
             root.recovery.append_report(unformatted_report(cause));
         }
+        if header_restored {
+            root.recovery.append_report(HEADER_RESTORED);
+        }
         if attempt > MAX_ATTEMPTS {
             last_resort(root);
         }
@@ -323,6 +329,25 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
     // the image, and never returns.
     unsafe { lazarus_microreboot(&raw const recovery_anchor) }
 }
+
+/// The halt when the arena cannot be found: the report, the injection that may have
+/// caused it (campaigns need it most here), and what is wrong with the anchor.
+fn no_arena(failure: &Failure) -> ! {
+    if let Some(line) = hypervisor::inject::machine::take_line() {
+        log::warn!("{line}");
+    }
+    failure::print_report(failure);
+    let why = anchor()
+        .damage(payload().len())
+        .unwrap_or("intact when checked again");
+    log::error!("halted: no recovery possible: no arena: recovery anchor {why}");
+    instructions::halt_forever()
+}
+
+/// The report line saying the arena header was damaged (fixed text: it is written before
+/// any formatting).
+const HEADER_RESTORED: &str =
+    "recovery: the arena header was damaged; its fixed fields were restored from the anchor\n";
 
 /// The report line for a failure whose report could not be formatted: fixed text only.
 fn unformatted_report(cause: hypervisor::arena::Cause) -> &'static str {

@@ -67,6 +67,38 @@ pub struct ArenaHeader {
 }
 
 impl ArenaHeader {
+    /// The header cold boot writes for an arena at `base` of `size` bytes (counters at 0).
+    pub fn fixed(base: u64, size: u64) -> Self {
+        let mut h = ArenaHeader {
+            magic: ARENA_MAGIC,
+            layout_version: LAYOUT_VERSION,
+            root_size: core::mem::size_of::<ArenaRoot>() as u32,
+            base,
+            size,
+            fixed_checksum: 0,
+            generation: 0,
+            recovery_count: 0,
+        };
+        h.fixed_checksum = h.compute_checksum();
+        h
+    }
+
+    /// Rewrites the fields that never change after cold boot with what they must be for
+    /// an arena at `base` of `size` bytes, keeping the counters; returns whether any was
+    /// wrong. For a caller that knows `base` and `size` from elsewhere (the recovery
+    /// anchor, which is checksummed and lives outside the arena): a stray write into the
+    /// header then costs nothing, while the rest of the root is still validated.
+    pub fn restore_fixed(&mut self, base: u64, size: u64) -> bool {
+        let want = ArenaHeader {
+            generation: self.generation,
+            recovery_count: self.recovery_count,
+            ..ArenaHeader::fixed(base, size)
+        };
+        let damaged = *self != want;
+        *self = want;
+        damaged
+    }
+
     fn compute_checksum(&self) -> u64 {
         let mut h = Fnv::new();
         h.u64(self.magic);
@@ -606,17 +638,8 @@ impl ArenaRoot {
         if size < needed {
             return Err(ArenaError::TooSmall { size, needed });
         }
-        self.header = ArenaHeader {
-            magic: ARENA_MAGIC,
-            layout_version: LAYOUT_VERSION,
-            root_size: core::mem::size_of::<ArenaRoot>() as u32,
-            base,
-            size,
-            fixed_checksum: 0,
-            generation: 1,
-            recovery_count: 0,
-        };
-        self.header.fixed_checksum = self.header.compute_checksum();
+        self.header = ArenaHeader::fixed(base, size);
+        self.header.generation = 1;
         self.lock = ArenaLock::new();
         self.pages.init(size / PAGE);
         self.pages

@@ -311,6 +311,31 @@ fn header_checks_name_what_is_wrong() {
 }
 
 #[test]
+fn a_damaged_header_is_restored_from_base_and_size_and_keeps_its_counters() {
+    let intact = valid();
+    let mut r = valid();
+    assert!(!r.header.restore_fixed(BASE, SIZE), "nothing to restore");
+    assert_eq!(r.header, intact.header);
+    for corrupt in [
+        |h: &mut ArenaHeader| h.magic ^= 1 << 7,
+        |h: &mut ArenaHeader| h.layout_version = h.layout_version.wrapping_add(0x3b9a),
+        |h: &mut ArenaHeader| h.root_size ^= 1,
+        |h: &mut ArenaHeader| h.base ^= 1 << 33,
+        |h: &mut ArenaHeader| h.size = 0,
+        |h: &mut ArenaHeader| h.fixed_checksum = 0,
+    ] {
+        let mut r = valid();
+        r.header.generation = 7;
+        r.header.recovery_count = 3;
+        corrupt(&mut r.header);
+        assert!(r.validate_header(BASE, SIZE).is_err());
+        assert!(r.header.restore_fixed(BASE, SIZE));
+        r.validate(BASE, SIZE).unwrap();
+        assert_eq!((r.header.generation, r.header.recovery_count), (7, 3));
+    }
+}
+
+#[test]
 fn header_is_checked_against_where_the_arena_is_expected() {
     let r = valid();
     r.validate_header(BASE, SIZE).unwrap();
