@@ -94,7 +94,8 @@ recovery_stack_bottom:
 recovery_stack_top:
 
     /* The recovery anchor (recovery/src/anchor.rs): where the pristine copy and the arena
-       are. Written once at cold boot; a microreboot neither copies nor zeroes it. */
+       are. Written once at cold boot; a microreboot neither copies nor zeroes it.
+       `linker.ld` places it below the page tables and stacks. */
     .section .stacks.anchor, "aw", @nobits
     .balign 64
     .global recovery_anchor

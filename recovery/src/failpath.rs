@@ -18,7 +18,9 @@ use hypervisor::arena::{ArenaRoot, VmState};
 use hypervisor::failure::{self, Failure};
 use hypervisor::memory::Range;
 
-use crate::anchor::{pristine_checksum, Anchor, OFFSET_LEN, OFFSET_PAYLOAD, OFFSET_SUM};
+use crate::anchor::{
+    pristine_checksum, Anchor, ANCHOR_MAGIC, OFFSET_LEN, OFFSET_PAYLOAD, OFFSET_SUM,
+};
 
 // The microreboot trampoline. Entered with RDI = the anchor, interrupts masked, VMX off.
 //
@@ -266,8 +268,7 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
     // SAFETY: the `&Failure` that `on_failure` was given, whose frame is never popped.
     let failure = unsafe { &*failure.cast::<Failure>() };
     if depth > 2 {
-        serial::write_str("\n[lazarus] ERROR halted: the failure path keeps failing\n");
-        instructions::halt_forever();
+        bare_microreboot();
     }
     let Some((root, header_restored)) = arena() else {
         no_arena(failure)
@@ -327,6 +328,25 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
     // SAFETY: the anchor is intact (checked by `arena()`) and lives outside everything the
     // trampoline rewrites; the trampoline verifies the pristine copy before it overwrites
     // the image, and never returns.
+    unsafe { lazarus_microreboot(&raw const recovery_anchor) }
+}
+
+/// The failure path failed twice. The likeliest reason is that it runs through code a
+/// fault changed (a flipped bit in `memcpy` that every report and record write uses),
+/// and the trampoline is what restores that code: go there with nothing else done (no
+/// arena, no formatting, no memory routines), if the anchor still says where to. The
+/// recovery attempt was counted at depth 1, so the retry policy still holds.
+fn bare_microreboot() -> ! {
+    serial::write_str(
+        "\n[lazarus] ERROR the failure path failed twice: microreboot without a report\n",
+    );
+    let anchor = anchor();
+    if anchor.magic != ANCHOR_MAGIC || anchor.len != payload().len() {
+        serial::write_str("[lazarus] ERROR halted: the failure path keeps failing\n");
+        instructions::halt_forever();
+    }
+    // SAFETY: as in `continue_failure`; the trampoline checks the pristine copy's
+    // checksum (from the anchor) before it overwrites anything, and halts on a mismatch.
     unsafe { lazarus_microreboot(&raw const recovery_anchor) }
 }
 
