@@ -102,6 +102,13 @@ impl RecoveryRecord {
     pub fn latency(&self) -> u64 {
         self.t_entry.saturating_sub(self.t_detect)
     }
+
+    /// When the failure path handed over to the trampoline. A failure path that failed
+    /// twice goes there without recording it: its time then counts as the boot phase's,
+    /// and `failpath=0` is printed.
+    fn failpath_end(&self) -> u64 {
+        self.t_failpath.max(self.t_detect)
+    }
 }
 
 /// The documented `recovery` line (README, "Recovery"); tests and the benchmark parse it.
@@ -128,8 +135,8 @@ impl fmt::Display for RecoveryRecord {
              interrupts={} timers={} devices={} stopped={}",
             self.attempts,
             self.latency(),
-            self.t_failpath.saturating_sub(self.t_detect),
-            self.t_boot.saturating_sub(self.t_failpath),
+            self.failpath_end().saturating_sub(self.t_detect),
+            self.t_boot.saturating_sub(self.failpath_end()),
             self.t_passes.saturating_sub(self.t_boot),
             self.t_entry.saturating_sub(self.t_passes),
             r.locks,

@@ -295,3 +295,20 @@ fn causes_round_trip() {
     assert_eq!(Cause::from_raw(0), None);
     assert_eq!(Cause::from_raw(7), None);
 }
+
+#[test]
+fn a_failure_path_that_never_finished_counts_its_time_as_the_boot_phase() {
+    let record = RecoveryRecord {
+        t_detect: 1_000,
+        t_failpath: 0,
+        t_boot: 5_000,
+        t_passes: 6_000,
+        t_entry: 6_500,
+        ..RecoveryRecord::default()
+    };
+    let line = std::format!("{record}");
+    assert!(
+        line.contains(" latency=5500 failpath=0 boot=4000 repair=1000 entry=500 "),
+        "{line}"
+    );
+}
