@@ -48,7 +48,7 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`).
-pub const TRIGGERS: [&str; 14] = [
+pub const TRIGGERS: [&str; 15] = [
     "panic",
     "pf",
     "gp",
@@ -63,6 +63,7 @@ pub const TRIGGERS: [&str; 14] = [
     "deadlock",
     "mid-commit",
     "code-flip",
+    "arena-header",
 ];
 
 impl Hypercall {

@@ -92,7 +92,10 @@ impl Machine for BootMachine {
                 log::warn!("trigger: firing 'deadlock'");
                 triggers::deadlock(&vms.root().lock)
             }
-            (Trigger::RecoveryFail | Trigger::CorruptVm, None) => {
+            (Trigger::ArenaHeader, Some(vms)) => {
+                triggers::overwrite_header(&mut vms.root_mut().header)
+            }
+            (Trigger::RecoveryFail | Trigger::CorruptVm | Trigger::ArenaHeader, None) => {
                 return writeln!(out, "error: trigger {}: VMX is not running", trigger.name())
             }
             _ => {}

@@ -41,10 +41,14 @@ pub enum Trigger {
     /// Flips one bit of code that never runs ([`scrub_target`]) and returns: nothing
     /// fails until the image scrub finds the change (cause `image`).
     CodeFlip,
+    /// A stray write into the arena header (one bit of its magic flipped, its base
+    /// changed: [`overwrite_header`]), then a panic: the failure path must restore the
+    /// header's fixed fields from the recovery anchor and recover as usual.
+    ArenaHeader,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 14] = [
+    pub const ALL: [Trigger; 15] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -59,6 +63,7 @@ impl Trigger {
         Trigger::Deadlock,
         Trigger::MidCommit,
         Trigger::CodeFlip,
+        Trigger::ArenaHeader,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -78,6 +83,7 @@ impl Trigger {
             Trigger::Deadlock => "deadlock",
             Trigger::MidCommit => "mid-commit",
             Trigger::CodeFlip => "code-flip",
+            Trigger::ArenaHeader => "arena-header",
         }
     }
 
@@ -173,6 +179,8 @@ pub fn fire(trigger: Trigger) {
         Trigger::RecoveryFail | Trigger::CorruptVm => {
             panic!("trigger: deliberate panic ({})", trigger.name())
         }
+        // The caller has overwritten the header ([`overwrite_header`]).
+        Trigger::ArenaHeader => panic!("trigger: arena header overwritten"),
         Trigger::CodeFlip => {
             let target = scrub_target as *const () as *mut u8;
             // SAFETY: the first byte of `scrub_target`, a function nothing calls: the
@@ -195,6 +203,14 @@ pub fn fire(trigger: Trigger) {
             deadlock(&LOCK)
         }
     }
+}
+
+/// Trigger `arena-header`: the stray write, before the panic. Flips one bit of the
+/// header's magic and moves its base by 2 MiB, so that both the "is this an arena" check
+/// and the fixed-field checksum would fail if nothing restored them.
+pub fn overwrite_header(header: &mut crate::arena::ArenaHeader) {
+    header.magic ^= 1 << 13;
+    header.base = header.base.wrapping_add(0x20_0000);
 }
 
 /// Code that never runs, for `code-flip` to change. Not inlined and kept, so it has an
@@ -227,8 +243,10 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header"
         );
+        assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
+        assert_eq!(Trigger::from_number(15), None);
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
             assert_eq!(
@@ -239,5 +257,30 @@ mod tests {
         assert_eq!(Trigger::from_number(99), None);
         assert!(arm(Trigger::MidExit) && take_mid_exit() && !take_mid_exit());
         assert!(!arm(Trigger::Panic));
+        assert!(!arm(Trigger::ArenaHeader));
+        assert!(!Trigger::ArenaHeader.needs_vm());
+    }
+
+    #[test]
+    fn arena_header_damage_is_what_restore_fixed_repairs() {
+        use crate::arena::ArenaHeader;
+        let (base, size) = (0x0400_0000, 8 << 20);
+        let mut header = ArenaHeader {
+            generation: 5,
+            recovery_count: 3,
+            ..ArenaHeader::fixed(base, size)
+        };
+        let intact = header;
+        overwrite_header(&mut header);
+        assert_ne!(header.magic, intact.magic);
+        assert_ne!(header.base, intact.base);
+        assert_eq!(
+            (header.size, header.fixed_checksum, header.generation),
+            (intact.size, intact.fixed_checksum, intact.generation),
+            "only the magic and the base change"
+        );
+        assert!(header.restore_fixed(base, size), "the damage is seen");
+        assert_eq!(header, intact, "and repaired, counters kept");
+        assert!(!header.restore_fixed(base, size));
     }
 }

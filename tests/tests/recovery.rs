@@ -1,7 +1,8 @@
 //! Recovery from the hypervisor's own failures (Bochs): every `trigger` kind, one after
 //! the other in one run, while three Linux VMs run their self-checking workloads; a
-//! recovery that fails once and a VM whose record is corrupt; and a quick check with the
-//! in-tree test guest. A recovery must be, to a VM, only a stall: every workload line is
+//! recovery that fails once and a VM whose record is corrupt; and quick checks with the
+//! in-tree test guest (among them a stray write into the arena header, which the failure
+//! path repairs from the recovery anchor). A recovery must be, to a VM, only a stall: every workload line is
 //! still checked (checksum, no sequence gap, uptime never going backwards), each VM
 //! keeps making progress, no VM boots again, and a VM created afterwards boots and runs.
 
@@ -12,7 +13,8 @@ use std::time::Duration;
 use lazarus_tests::linux::{checked, steps, wait_steps, CMDLINE, RUN};
 use lazarus_tests::testguest::checked_sequences;
 use lazarus_tests::{
-    image_with_modules, linux_guest, test_guest, work_dir, Firmware, Machine, Platform, Regex,
+    image_with_modules, linux_guest, test_guest, visible, work_dir, Firmware, Machine, Platform,
+    Regex,
 };
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -505,4 +507,108 @@ fn a_flipped_bit_in_code_that_never_runs_is_found_by_the_image_scrub() {
         1,
         "one report only"
     );
+}
+
+/// The report line of a failure whose failure path found the arena header damaged.
+const HEADER_RESTORED: &str =
+    "[lazarus] ERROR recovery: the arena header was damaged; its fixed fields were restored from the anchor";
+
+#[test]
+fn a_stray_write_into_the_arena_header_is_repaired_from_the_anchor() {
+    // beta overwrites the header through the `trigger` hypercall after its second work
+    // line (recovery 1); then the console does it again (recovery 2).
+    let dir = work_dir("recovery_arena_header");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 2] = [
+        (&guest, "vm=alpha elf mem=8M mode=work burn=20"),
+        (
+            &guest,
+            "vm=beta elf mem=8M mode=work burn=20 trigger=arena-header trigger-after=2",
+        ),
+    ];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m.expect_line(
+        r"^\[lazarus\] WARN  trigger: vm beta fires 'arena-header' \(count 1\)$",
+        RECOVERY,
+    );
+    let halted = r"^\[lazarus\] ERROR halted";
+    m.expect_line_not_after(
+        r"^\[lazarus\] ERROR hypervisor failure: panic at \S+: trigger: arena header overwritten$",
+        halted,
+        RECOVERY,
+    );
+    m.expect_line_not_after(
+        &format!("^{}$", regex::escape(HEADER_RESTORED)),
+        &format!(r"{halted}|^\[lazarus\] INFO  recovery \d+: "),
+        RECOVERY,
+    );
+    let line = m.expect_line_not_after(
+        r"^\[lazarus\] INFO  recovery 1: cause=panic ",
+        &format!(r"{halted}|^\[lazarus\] ERROR hypervisor failure"),
+        RECOVERY,
+    );
+    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!(
+        (
+            first.get("attempts"),
+            first.get("stopped"),
+            first.get("runnable")
+        ),
+        (1, 0, 2),
+        "{line}"
+    );
+    // Anywhere: the VM that is entered first may print before the recovery line does.
+    m.wait_for_text("[beta] trigger arena-header result=0\n", RUN);
+
+    // Each VM prints `n` more work lines, and every line so far is checked (checksum, no
+    // sequence gap, nothing CORRUPT).
+    let wait_more = |m: &mut Machine, n: u64| {
+        let last = checked_sequences(m);
+        for vm in ["alpha", "beta"] {
+            let next = last.get(vm).copied().unwrap_or(0) + n;
+            m.wait_for_text(&format!("[{vm}] seq={next} sum="), RUN);
+        }
+        checked_sequences(m);
+    };
+    wait_more(&mut m, 3);
+
+    // The same from the console.
+    let second = fire(&mut m, "arena-header", "panic", 2);
+    assert_eq!(
+        (second.get("attempts"), second.get("stopped")),
+        (1, 0),
+        "{}",
+        second.line
+    );
+    wait_more(&mut m, 3);
+
+    let t = m.transcript();
+    assert_eq!(
+        t.lines().filter(|l| visible(l) == HEADER_RESTORED).count(),
+        2,
+        "one header line per report"
+    );
+    assert_eq!(
+        t.matches("trigger: arena header overwritten").count(),
+        2,
+        "two failures, each reported once"
+    );
+    assert!(!t.contains("ERROR halted"), "no halt");
+    let list = m.command("vm list");
+    assert!(
+        list.contains("alpha id=1 state=running") && list.contains("beta id=2 state=running"),
+        "{list}"
+    );
+    let lines = m.lines();
+    for vm in ["alpha", "beta"] {
+        let starts = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("[{vm}] start name={vm}")))
+            .count();
+        assert_eq!(starts, 1, "{vm} started again");
+    }
+    recovery_command(&mut m, &[first, second]);
+    wait_more(&mut m, 2);
 }

@@ -96,8 +96,8 @@ commands:
   cpu             processor identity and VT-x capabilities
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud
-                  de bp vmcs-host mid-exit mid-commit recovery-fail hang deadlock code-flip;
-                  trigger corrupt-vm NAME
+                  de bp vmcs-host mid-exit mid-commit recovery-fail hang deadlock code-flip
+                  arena-header; trigger corrupt-vm NAME
   recovery        the recoveries so far: one `recovery` line each
   inject TYPE SEED
                   arm one fault injection (needs inject=on): failstop register code data
@@ -159,7 +159,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
                 expected:
-                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip",
+                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header",
             }),
             Some(kind) => match Trigger::from_name(kind) {
                 Some(t) if t.needs_vm() => {
@@ -386,6 +386,11 @@ mod tests {
             parse("trigger ud"),
             Ok(Some(Command::Trigger(Trigger::InvalidOpcode, None)))
         );
+        assert_eq!(
+            parse("trigger arena-header"),
+            Ok(Some(Command::Trigger(Trigger::ArenaHeader, None)))
+        );
+        assert!(parse("trigger arena-header db").is_err());
         assert_eq!(parse("shutdown"), Ok(Some(Command::Shutdown)));
     }
 
@@ -410,11 +415,11 @@ mod tests {
         );
         assert_eq!(
             run("trigger", &mut m),
-            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip)\n"
+            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header)\n"
         );
         assert_eq!(
             run("trigger boom", &mut m),
-            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip)\n"
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header)\n"
         );
     }
 
@@ -459,12 +464,19 @@ mod tests {
         let out = run("trigger pf", &mut m);
         assert_eq!(m.fired, Some(Trigger::PageFault));
         assert!(out.starts_with("trigger: pf\n"));
+        let out = run("trigger arena-header", &mut m);
+        assert_eq!(m.fired, Some(Trigger::ArenaHeader));
+        assert!(out.starts_with("trigger: arena-header\n"));
     }
 
     #[test]
     fn replies() {
         let mut m = Fake::default();
-        assert!(run("help", &mut m).contains("shutdown        power the machine off"));
+        let help = run("help", &mut m);
+        assert!(help.contains("shutdown        power the machine off"));
+        for t in Trigger::ALL {
+            assert!(help.contains(t.name()), "help lists {}", t.name());
+        }
         assert_eq!(run("mem", &mut m), "image 1 MiB\n");
         assert_eq!(run("cpu", &mut m), "cpu: test\n");
         run("shutdown", &mut m);

@@ -229,6 +229,7 @@ impl Vms {
         match trigger {
             Trigger::RecoveryFail => self.root.recovery.fail_next_recovery = count,
             Trigger::CorruptVm => self.root.vms[slot].config_checksum ^= 1,
+            Trigger::ArenaHeader => crate::triggers::overwrite_header(&mut self.root.header),
             Trigger::Deadlock => crate::triggers::deadlock(&self.root.lock),
             _ => {}
         }
