@@ -2787,7 +2787,7 @@ fn write_report(from: &Path, out: &Path) -> Result<bool, String> {
             let inject = r.get("inject");
             let detail = inject
                 .and_then(|i| i.str("detail"))
-                .unwrap_or("did not fire");
+                .unwrap_or("no line seen (it may have been cut or kept in a lost report)");
             let lost: Vec<String> = r
                 .arr("vms_lost")
                 .iter()
