@@ -344,23 +344,14 @@ fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit() {
     let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
     let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
     m.wait_prompt(BOOT);
-    // Each VM prints `n` more work lines, and every line so far is checked.
-    let wait_more = |m: &mut Machine, n: u64| {
-        let last = checked_sequences(m);
-        for vm in ["alpha", "beta"] {
-            let next = last.get(vm).copied().unwrap_or(0) + n;
-            m.wait_for_text(&format!("[{vm}] seq={next} sum="), RUN);
-        }
-        checked_sequences(m);
-    };
-    wait_more(&mut m, 3);
+    count_on(&mut m, 3);
 
     let panic = fire(&mut m, "panic", "panic", 1);
     assert_eq!(panic.get("exits"), 0, "{}", panic.line);
-    wait_more(&mut m, 3);
+    count_on(&mut m, 3);
     let mid = fire(&mut m, "mid-exit", "panic", 2);
     assert_eq!(mid.get("exits"), 1, "the exit is rolled back: {}", mid.line);
-    wait_more(&mut m, 3);
+    count_on(&mut m, 3);
     let commit = fire(&mut m, "mid-commit", "panic", 3);
     assert_eq!(
         (commit.get("exits"), commit.get("committed")),
@@ -368,25 +359,13 @@ fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit() {
         "the half-done commit is rolled forward: {}",
         commit.line
     );
-    wait_more(&mut m, 3);
+    count_on(&mut m, 3);
 
     for r in [&panic, &mid, &commit] {
         assert_eq!(r.get("attempts"), 1, "{}", r.line);
         assert_eq!(r.get("stopped"), 0, "{}", r.line);
     }
-    let list = m.command("vm list");
-    assert!(
-        list.contains("alpha id=1 state=running") && list.contains("beta id=2 state=running"),
-        "{list}"
-    );
-    let lines = m.lines();
-    for vm in ["alpha", "beta"] {
-        let starts = lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("[{vm}] start name={vm}")))
-            .count();
-        assert_eq!(starts, 1, "{vm} started again");
-    }
+    both_still_running(&mut m);
     recovery_command(&mut m, &[panic, mid, commit]);
 }
 
@@ -509,6 +488,34 @@ fn a_flipped_bit_in_code_that_never_runs_is_found_by_the_image_scrub() {
     );
 }
 
+/// The test guests `alpha` and `beta` each print `n` more work lines, and every line so
+/// far is checked (checksum, no sequence gap, nothing CORRUPT).
+fn count_on(m: &mut Machine, n: u64) {
+    let last = checked_sequences(m);
+    for vm in ["alpha", "beta"] {
+        let next = last.get(vm).copied().unwrap_or(0) + n;
+        m.wait_for_text(&format!("[{vm}] seq={next} sum="), RUN);
+    }
+    checked_sequences(m);
+}
+
+/// `alpha` and `beta` are running, each started once (no reset behind a recovery).
+fn both_still_running(m: &mut Machine) {
+    let list = m.command("vm list");
+    assert!(
+        list.contains("alpha id=1 state=running") && list.contains("beta id=2 state=running"),
+        "{list}"
+    );
+    let lines = m.lines();
+    for vm in ["alpha", "beta"] {
+        let starts = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("[{vm}] start name={vm}")))
+            .count();
+        assert_eq!(starts, 1, "{vm} started again");
+    }
+}
+
 /// The report line of a failure whose failure path found the arena header damaged.
 const HEADER_RESTORED: &str =
     "[lazarus] ERROR recovery: the arena header was damaged; its fixed fields were restored from the anchor";
@@ -562,17 +569,7 @@ fn a_stray_write_into_the_arena_header_is_repaired_from_the_anchor() {
     // Anywhere: the VM that is entered first may print before the recovery line does.
     m.wait_for_text("[beta] trigger arena-header result=0\n", RUN);
 
-    // Each VM prints `n` more work lines, and every line so far is checked (checksum, no
-    // sequence gap, nothing CORRUPT).
-    let wait_more = |m: &mut Machine, n: u64| {
-        let last = checked_sequences(m);
-        for vm in ["alpha", "beta"] {
-            let next = last.get(vm).copied().unwrap_or(0) + n;
-            m.wait_for_text(&format!("[{vm}] seq={next} sum="), RUN);
-        }
-        checked_sequences(m);
-    };
-    wait_more(&mut m, 3);
+    count_on(&mut m, 3);
 
     // The same from the console.
     let second = fire(&mut m, "arena-header", "panic", 2);
@@ -582,7 +579,7 @@ fn a_stray_write_into_the_arena_header_is_repaired_from_the_anchor() {
         "{}",
         second.line
     );
-    wait_more(&mut m, 3);
+    count_on(&mut m, 3);
 
     let t = m.transcript();
     assert_eq!(
@@ -596,19 +593,7 @@ fn a_stray_write_into_the_arena_header_is_repaired_from_the_anchor() {
         "two failures, each reported once"
     );
     assert!(!t.contains("ERROR halted"), "no halt");
-    let list = m.command("vm list");
-    assert!(
-        list.contains("alpha id=1 state=running") && list.contains("beta id=2 state=running"),
-        "{list}"
-    );
-    let lines = m.lines();
-    for vm in ["alpha", "beta"] {
-        let starts = lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("[{vm}] start name={vm}")))
-            .count();
-        assert_eq!(starts, 1, "{vm} started again");
-    }
+    both_still_running(&mut m);
     recovery_command(&mut m, &[first, second]);
-    wait_more(&mut m, 2);
+    count_on(&mut m, 2);
 }
