@@ -1805,105 +1805,125 @@ fn drive(
     // Watch until every VM has done its steps after the fault (and after the last
     // recovery) and the new VM has run, or the window ends, the hypervisor halts, the
     // console closes.
-    let window_end = Instant::now() + ctx.o.window;
-    let mut new_vm_end: Option<Instant> = None;
-    let mut halted_at: Option<Instant> = None;
-    loop {
-        if let Some(why) = &watch.inject_refused {
-            return Err(format!("the console refused the injection: {why}"));
-        }
-        if halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
-            break;
-        }
-        if watch.o.fired.is_some() && !watch.o.timing.iter().any(|(k, _)| *k == "fired") {
-            watch.o.timing.push(("fired", started.elapsed()));
-        }
-        let recovered = !watch.o.recoveries.is_empty();
-        if recovered && new_vm_end.is_none() && watch.o.halted.is_none() {
-            watch.o.timing.push(("recovered", started.elapsed()));
-            if !c.send_line(&ctx.guests.create_command()) {
+    // A fault may show itself only when the console is asked (the `vm list` below):
+    // its answer is then lost with the dead instance, and the run goes on as after any
+    // recovery, in a second round (the new VM, then `vm list` again).
+    for round in 0..2 {
+        let detected_before = watch.o.detected();
+        let window_end = Instant::now() + ctx.o.window;
+        let mut new_vm_end: Option<Instant> = None;
+        let mut halted_at: Option<Instant> = None;
+        loop {
+            if let Some(why) = &watch.inject_refused {
+                return Err(format!("the console refused the injection: {why}"));
+            }
+            if halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
                 break;
             }
-            new_vm_end = Some(Instant::now() + ctx.guests.new_vm_timeout());
-            watch.o.new_vm = "pending".into();
+            if watch.o.fired.is_some() && !watch.o.timing.iter().any(|(k, _)| *k == "fired") {
+                watch.o.timing.push(("fired", started.elapsed()));
+            }
+            let recovered = !watch.o.recoveries.is_empty();
+            if recovered && new_vm_end.is_none() && watch.o.halted.is_none() {
+                watch.o.timing.push(("recovered", started.elapsed()));
+                if !c.send_line(&ctx.guests.create_command()) {
+                    break;
+                }
+                new_vm_end = Some(Instant::now() + ctx.guests.new_vm_timeout());
+                watch.o.new_vm = "pending".into();
+            }
+            if watch.o.new_vm == "pending" {
+                if let Some(result) = new_vm_result(watch) {
+                    watch.o.timing.push(("new_vm", started.elapsed()));
+                    watch.o.new_vm = result;
+                }
+            }
+            let detected = watch.o.detected();
+            let went_on = if watch.o.fired.is_some() || detected {
+                (!detected || recovered)
+                    && watch.o.halted.is_none()
+                    && watch
+                        .waiting(&vms, watch.reference, STEADY_STEPS)
+                        .is_empty()
+            } else {
+                // Not fired after twice the steps: it will not (no VM exits, say).
+                watch.waiting(&vms, armed_at, 2 * STEADY_STEPS).is_empty()
+            };
+            if went_on && watch.o.new_vm != "pending" {
+                break;
+            }
+            // The old VMs have the window; a new VM has its own time to boot.
+            let deadline = match new_vm_end {
+                Some(end) if watch.o.new_vm == "pending" => end.max(window_end),
+                _ => window_end,
+            };
+            match watch.read(c, deadline) {
+                Ok(()) => {
+                    if watch.o.halted.is_some() && halted_at.is_none() {
+                        halted_at = Some(Instant::now());
+                    }
+                }
+                Err(Stall::Timeout) | Err(Stall::Closed) => break,
+            }
         }
         if watch.o.new_vm == "pending" {
-            if let Some(result) = new_vm_result(watch) {
-                watch.o.timing.push(("new_vm", started.elapsed()));
-                watch.o.new_vm = result;
-            }
+            watch.o.new_vm = if watch.o.halted.is_some() {
+                "failed: the hypervisor halted".into()
+            } else if c.eof || c.exited() {
+                "failed: the console closed".into()
+            } else {
+                format!(
+                    "failed: no checked workload step within {} s{}",
+                    ctx.guests.new_vm_timeout().as_secs(),
+                    if watch.create_reply.is_none() {
+                        " (no reply to vm create)"
+                    } else {
+                        ""
+                    }
+                )
+            };
         }
-        let detected = watch.o.detected();
-        let went_on = if watch.o.fired.is_some() || detected {
-            (!detected || recovered)
-                && watch.o.halted.is_none()
-                && watch
-                    .waiting(&vms, watch.reference, STEADY_STEPS)
-                    .is_empty()
-        } else {
-            // Not fired after twice the steps: it will not (no VM exits, say).
-            watch.waiting(&vms, armed_at, 2 * STEADY_STEPS).is_empty()
-        };
-        if went_on && watch.o.new_vm != "pending" {
-            break;
+        watch.o.timing.retain(|(k, _)| *k != "watched");
+        watch.o.timing.push(("watched", started.elapsed()));
+        if c.eof || c.exited() {
+            watch.o.console = "closed".into();
+            return Ok(());
         }
-        // The old VMs have the window; a new VM has its own time to boot.
-        let deadline = match new_vm_end {
-            Some(end) if watch.o.new_vm == "pending" => end.max(window_end),
-            _ => window_end,
-        };
-        match watch.read(c, deadline) {
-            Ok(()) => {
-                if watch.o.halted.is_some() && halted_at.is_none() {
-                    halted_at = Some(Instant::now());
-                }
-            }
-            Err(Stall::Timeout) | Err(Stall::Closed) => break,
+        if watch.o.halted.is_some() {
+            watch.o.console = "halted".into();
+            return Ok(());
         }
-    }
-    if watch.o.new_vm == "pending" {
-        watch.o.new_vm = if watch.o.halted.is_some() {
-            "failed: the hypervisor halted".into()
+        // Does the console still answer? `vm list` names every VM with its state.
+        let mut all = vms.clone();
+        if watch
+            .create_reply
+            .as_deref()
+            .is_some_and(|r| r.ends_with("created"))
+        {
+            all.push(NEW_VM.to_string());
+        }
+        watch.o.console = if probe(c, watch, &all, Duration::from_secs(20)) {
+            "answered"
         } else if c.eof || c.exited() {
-            "failed: the console closed".into()
+            "closed"
         } else {
-            format!(
-                "failed: no checked workload step within {} s{}",
-                ctx.guests.new_vm_timeout().as_secs(),
-                if watch.create_reply.is_none() {
-                    " (no reply to vm create)"
-                } else {
-                    ""
-                }
-            )
-        };
+            "silent"
+        }
+        .into();
+        if round == 0
+            && watch.o.console == "silent"
+            && !detected_before
+            && watch.o.detected()
+            && watch.o.halted.is_none()
+        {
+            watch.o.notes.push(
+                "the fault showed itself when the console was asked `vm list`; watched again"
+                    .into(),
+            );
+            continue;
+        }
+        break;
     }
-    watch.o.timing.push(("watched", started.elapsed()));
-    if c.eof || c.exited() {
-        watch.o.console = "closed".into();
-        return Ok(());
-    }
-    if watch.o.halted.is_some() {
-        watch.o.console = "halted".into();
-        return Ok(());
-    }
-    // Does the console still answer? `vm list` names every VM with its state.
-    let mut all = vms.clone();
-    if watch
-        .create_reply
-        .as_deref()
-        .is_some_and(|r| r.ends_with("created"))
-    {
-        all.push(NEW_VM.to_string());
-    }
-    watch.o.console = if probe(c, watch, &all, Duration::from_secs(20)) {
-        "answered"
-    } else if c.eof || c.exited() {
-        "closed"
-    } else {
-        "silent"
-    }
-    .into();
     Ok(())
 }
 
