@@ -51,8 +51,10 @@ mb2_header_end:
     .balign 8
 boot_gdt:
     .quad 0                                             /* null descriptor */
-    .quad 0x00af9a000000ffff                            /* 0x08: 64-bit code, DPL 0 */
-    .quad 0x00cf92000000ffff                            /* 0x10: data, DPL 0 */
+    /* Accessed bits preset (0x9b, 0x93): the CPU would otherwise set them on the first
+       load, a write into .rodata, which is read-only (hypervisor/src/arch/protect.rs). */
+    .quad 0x00af9b000000ffff                            /* 0x08: 64-bit code, DPL 0 */
+    .quad 0x00cf93000000ffff                            /* 0x10: data, DPL 0 */
 boot_gdt_end:
 boot_gdt_pointer:
     .short boot_gdt_end - boot_gdt - 1

@@ -27,6 +27,12 @@ pub fn pristine_payload() -> Range {
     unsafe { Range::new(addr(&__pristine_start), addr(&__pristine_end)) }
 }
 
+/// The end of the code and read-only data (page-aligned: `.data` starts a page).
+pub fn code_end() -> u64 {
+    // SAFETY: as above.
+    unsafe { addr(&__data_start) }
+}
+
 /// `.data` and `.bss`: the hypervisor's static data (what a data fault may hit).
 pub fn static_data() -> Range {
     // SAFETY: as above.

@@ -14,7 +14,7 @@ mod entry;
 mod image;
 mod machine;
 
-use hypervisor::arch::{gdt, idt, instructions, nmi, pic, power, serial, tsc};
+use hypervisor::arch::{gdt, idt, instructions, nmi, pic, power, protect, serial, tsc};
 use hypervisor::bootinfo::{self, BootInfo};
 use hypervisor::cmdline;
 use hypervisor::console::logger;
@@ -162,6 +162,16 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
             ),
             Err(why) => error!("recovery: not armed: {why}"),
         }
+        match write_protect(&layout) {
+            Ok(()) => info!(
+                "memory: read-only: code and read-only data [{:#x}, {:#x}), recovery anchor, pristine copy [{:#x}, {:#x})",
+                image::whole().start,
+                image::code_end(),
+                layout.pristine.start,
+                layout.pristine.end
+            ),
+            Err(e) => warn!("memory: not write-protected: {e}"),
+        }
         start_scrub();
     }
 
@@ -204,6 +214,16 @@ fn bring_up_cpu() {
 }
 
 /// Starts the image scrub (`hypervisor::scrub`) once the pristine copy exists.
+/// Makes what nothing may write after cold boot read-only (hypervisor/src/arch/protect.rs):
+/// the image's code and read-only data, the recovery anchor's page, the pristine copy.
+/// Again after each microreboot, which restored the image with CR0.WP off.
+fn write_protect(layout: &memory::Layout) -> Result<(), protect::ProtectError> {
+    let anchor = recovery::anchor_address();
+    protect::write_protect(image::whole().start, image::code_end())?;
+    protect::write_protect(anchor, anchor + 1)?;
+    protect::write_protect(layout.pristine.start, layout.pristine.end)
+}
+
 fn start_scrub() {
     if let Some((regions, payload, sum)) = recovery::scrub_regions() {
         hypervisor::scrub::machine::start(regions, payload, sum);
@@ -324,6 +344,9 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     };
     if options.triggers {
         vms.enable_triggers();
+    }
+    if let Err(e) = write_protect(&layout) {
+        warn!("memory: not write-protected after recovery: {e}");
     }
     start_scrub();
     vms.root_mut().recovery.current.t_boot = instructions::rdtsc();

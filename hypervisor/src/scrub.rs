@@ -191,15 +191,16 @@ pub mod machine {
         if payload_sum() == EXPECTED_SUM.load(Ordering::Relaxed) {
             return Verdict::ImageChanged;
         }
-        // SAFETY: the pristine page is the layout's pristine class (owned, writable); the
-        // live page is readable. Copying the image's page is the repair being tried.
-        unsafe {
+        // SAFETY: the pristine page is the layout's pristine class (owned; read-only
+        // except in this CR0.WP window); the live page is readable. Copying the image's
+        // page is the repair being tried.
+        crate::arch::protect::with_writes_allowed(|| unsafe {
             core::ptr::copy_nonoverlapping(
                 live_page as *const u8,
                 pristine_page as *mut u8,
                 PAGE as usize,
             )
-        };
+        });
         if payload_sum() == EXPECTED_SUM.load(Ordering::Relaxed) {
             Verdict::PristineRepaired
         } else {

@@ -184,9 +184,12 @@ pub fn fire(trigger: Trigger) {
         Trigger::CodeFlip => {
             let target = scrub_target as *const () as *mut u8;
             // SAFETY: the first byte of `scrub_target`, a function nothing calls: the
-            // image is identity-mapped and writable, and changing it is the point (the
-            // scrub must notice; the recovery restores it from the pristine copy).
-            unsafe { core::ptr::write_volatile(target, core::ptr::read_volatile(target) ^ 0x10) };
+            // image is identity-mapped (read-only, hence the CR0.WP window), and changing
+            // it is the point (the scrub must notice; the recovery restores it from the
+            // pristine copy).
+            crate::arch::protect::with_writes_allowed(|| unsafe {
+                core::ptr::write_volatile(target, core::ptr::read_volatile(target) ^ 0x10)
+            });
         }
         Trigger::VmcsHost | Trigger::MidExit | Trigger::MidCommit => {
             arm(trigger);

@@ -24,6 +24,7 @@ use crate::anchor::{
 
 // The microreboot trampoline. Entered with RDI = the anchor, interrupts masked, VMX off.
 //
+// 0. Turn CR0.WP off: the image's code and read-only data are read-only pages.
 // 1. Take the recovery stack: the failing stack may be what broke.
 // 2. Recompute the pristine payload's checksum (a 64-bit sum, `anchor::pristine_checksum`)
 //    and compare it with the anchor's; a mismatch means the copy itself is damaged, and
@@ -41,6 +42,11 @@ global_asm!(
 lazarus_microreboot:
     cli
     cld
+    /* The image and the anchor are read-only pages (hypervisor/src/arch/protect.rs):
+       CR0.WP off for the restore; the recovery boot sets it again. */
+    mov rax, cr0
+    btr rax, 16
+    mov cr0, rax
     /* 1. */
     mov rsp, offset recovery_stack_top
     mov r12, rdi
@@ -160,6 +166,11 @@ fn payload() -> Range {
         addr(&raw const __pristine_start),
         addr(&raw const __pristine_end),
     )
+}
+
+/// Where the anchor is (its page holds nothing else: `linker.ld`).
+pub fn anchor_address() -> u64 {
+    (&raw const recovery_anchor) as u64
 }
 
 /// The anchor as it is now.

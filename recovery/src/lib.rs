@@ -17,7 +17,7 @@ mod failpath;
 pub mod passes;
 
 #[cfg(target_os = "none")]
-pub use failpath::{arena, on_failure, scrub_regions, take_pristine};
+pub use failpath::{anchor_address, arena, on_failure, scrub_regions, take_pristine};
 
 #[cfg(target_os = "none")]
 pub use machine::repair;

@@ -12,6 +12,7 @@ pub mod nmi;
 pub mod pic;
 pub mod pit;
 pub mod power;
+pub mod protect;
 pub mod serial;
 pub mod tsc;
 pub mod vmentry;

@@ -187,16 +187,16 @@ fn inject(plan: &Plan, frame: &mut ExceptionFrame) -> Done {
         }
         FaultType::Code => {
             let address = frame.rip.wrapping_add(plan.code_offset);
-            // SAFETY: RIP points into the image (host code), identity-mapped and
-            // writable; 15 bytes past it are still inside the image. Changing the code is
-            // the fault being injected.
-            let (old, new) = unsafe {
+            // SAFETY: RIP points into the image (host code), identity-mapped (read-only
+            // except in this CR0.WP window); 15 bytes past it are still inside the image.
+            // Changing the code is the fault being injected.
+            let (old, new) = crate::arch::protect::with_writes_allowed(|| unsafe {
                 let p = address as *mut u8;
                 let old = core::ptr::read_volatile(p);
                 let new = old ^ (1 << plan.bit);
                 core::ptr::write_volatile(p, new);
                 (old, new)
-            };
+            });
             Done::Code { address, old, new }
         }
         FaultType::Data => {
