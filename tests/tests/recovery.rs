@@ -488,6 +488,41 @@ fn a_flipped_bit_in_code_that_never_runs_is_found_by_the_image_scrub() {
     );
 }
 
+#[test]
+fn the_image_scrub_goes_on_while_every_vm_waits() {
+    // One VM that halts for good (CLI; HLT): no VM exits, so only the idle scrub can find
+    // the flip.
+    let dir = work_dir("recovery_idle_scrub");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 1] = [(&guest, "vm=sleeper elf mem=8M mode=hlt")];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m.wait_for_text("halting", RUN);
+    let waits = (0..20).any(|_| m.command("vm list").contains("sleeper id=1 state=halted"));
+    assert!(waits, "the VM never waited: {}", m.command("vm list"));
+    let exits_before = m.command("vm list");
+    m.command("trigger code-flip");
+    m.expect_line(
+        r"^\[lazarus\] ERROR hypervisor failure: image scrub: code or read-only data changed at 0x[0-9a-f]+$",
+        RECOVERY,
+    );
+    let line = m.expect_line(r"^\[lazarus\] INFO  recovery 1: cause=image ", RECOVERY);
+    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!((r.get("attempts"), r.get("stopped")), (1, 0), "{line}");
+    // No VM exit paced it: the VM's exit count had stopped.
+    let exits = |list: &str| {
+        list.split_whitespace()
+            .find_map(|w| w.strip_prefix("exits="))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        exits(&exits_before),
+        exits(&m.command("vm list")),
+        "exits went on"
+    );
+}
+
 /// The test guests `alpha` and `beta` each print `n` more work lines, and every line so
 /// far is checked (checksum, no sequence gap, nothing CORRUPT).
 fn count_on(m: &mut Machine, n: u64) {
