@@ -575,11 +575,24 @@ fn unregister_pid(pid: u32) {
 }
 
 /// Starts the shell that kills our emulators once this process is gone (killed by a
-/// signal, say); it only kills PIDs whose command line is Bochs's.
+/// signal, say); it only kills PIDs whose command line is Bochs's. Each runner process
+/// has its own list, `OUT/.pids.PID`: a rerun next to a running campaign in the same
+/// directory must not take that campaign's emulators for leftovers (campaign finding 9).
 fn start_reaper(out: &Path) {
-    let path = out.join(".pids");
-    // Emulators left by a campaign that died before its reaper ran.
-    if let Ok(text) = fs::read_to_string(&path) {
+    // Emulators left by a runner that died before its reaper ran: lists whose runner
+    // process is gone.
+    for entry in fs::read_dir(out).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(owner) = name
+            .strip_prefix(".pids")
+            .map(|rest| rest.trim_start_matches('.'))
+        else {
+            continue;
+        };
+        if !owner.is_empty() && Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let text = fs::read_to_string(entry.path()).unwrap_or_default();
         for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
@@ -587,13 +600,15 @@ fn start_reaper(out: &Path) {
                 let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             }
         }
+        let _ = fs::remove_file(entry.path());
     }
+    let path = out.join(format!(".pids.{}", std::process::id()));
     let _ = fs::write(&path, "");
     *PID_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 2; done; \
          for p in $(cat '{pids}' 2>/dev/null); do \
-           grep -q bochs /proc/$p/cmdline 2>/dev/null && kill -9 $p; done",
+           grep -q bochs /proc/$p/cmdline 2>/dev/null && kill -9 $p; done; rm -f '{pids}'",
         me = std::process::id(),
         pids = path.display()
     );
