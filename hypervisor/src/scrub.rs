@@ -33,13 +33,14 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// Counts a VM exit; returns the offset of the page to compare now, if it is time.
-    pub fn tick(&mut self, len: u64) -> Option<u64> {
+    /// Counts a VM exit; returns the offset of the page to compare now, if it is time
+    /// (`force`: now, whatever the count: the run loop's timed pace).
+    pub fn tick(&mut self, len: u64, force: bool) -> Option<u64> {
         if len == 0 {
             return None;
         }
         self.exits += 1;
-        if self.exits < EXITS_PER_PAGE {
+        if self.exits < EXITS_PER_PAGE && !force {
             return None;
         }
         self.exits = 0;
@@ -121,15 +122,16 @@ pub mod machine {
         fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32;
     }
 
-    /// Called once per VM exit by the run loop: every exit, the first bytes of the
-    /// bulk-memory routines; every few exits, one page. Returns the address of a changed
-    /// word and what the change means.
-    pub fn after_exit() -> Option<(u64, Verdict)> {
+    /// Called once per VM exit by the run loop (and, with `force`, when a page is due by
+    /// time): every call, the first bytes of the bulk-memory routines; every few exits
+    /// or when forced, one page. Returns the address of a changed word and what the
+    /// change means.
+    pub fn after_exit(force: bool) -> Option<(u64, Verdict)> {
         if let Some(found) = check_hot() {
             return Some(found);
         }
         let len = LEN.load(Ordering::Relaxed);
-        let offset = CURSOR.lock().tick(len)?;
+        let offset = CURSOR.lock().tick(len, force)?;
         let live = LIVE.load(Ordering::Relaxed) + offset;
         let pristine = PRISTINE.load(Ordering::Relaxed) + offset;
         // SAFETY: both pages lie inside the image's `.text .rodata` and the pristine copy
@@ -228,10 +230,13 @@ mod tests {
         let mut c = Cursor::default();
         let len = 3 * PAGE;
         let pages: std::vec::Vec<u64> = (0..EXITS_PER_PAGE * 7)
-            .filter_map(|_| c.tick(len))
+            .filter_map(|_| c.tick(len, false))
             .collect();
         assert_eq!(pages, [0, PAGE, 2 * PAGE, 0, PAGE, 2 * PAGE, 0]);
-        assert_eq!(Cursor::default().tick(0), None, "nothing to scrub");
+        assert_eq!(Cursor::default().tick(0, true), None, "nothing to scrub");
+        let mut c = Cursor::default();
+        assert_eq!(c.tick(len, true), Some(0), "forced: at once");
+        assert_eq!(c.tick(len, false), None, "the count starts again");
     }
 
     #[test]

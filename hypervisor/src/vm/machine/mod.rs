@@ -54,8 +54,9 @@ pub struct Vms {
     /// Slot scheduled last: where the round robin continues.
     last: Option<usize>,
     slice_end: u64,
-    /// TSC after which an idle hypervisor scrubs its next image page (`Vms::step`).
-    next_idle_scrub: u64,
+    /// TSC after which the next image page is scrubbed whatever the exit count
+    /// (`Vms::scrub_due`).
+    next_timed_scrub: u64,
     /// Wall-clock time at boot (seconds since 1970, UTC): where guest RTCs start.
     epoch: u64,
     /// The GRUB modules (guest images), by index, for resets.
@@ -79,7 +80,7 @@ impl Vms {
             last: None,
             epoch,
             slice_end: 0,
-            next_idle_scrub: 0,
+            next_timed_scrub: 0,
             modules: modules.iter().copied().collect(),
             cold_boot: None,
             triggers: false,

@@ -36,7 +36,9 @@ impl Vms {
                     next
                 }
                 None => {
-                    self.scrub_while_idle(now);
+                    if self.scrub_due(now) {
+                        scrub_one_page(true);
+                    }
                     return false;
                 }
             },
@@ -200,7 +202,8 @@ impl Vms {
             self.fire_from_guest(slot, trigger, count);
         }
         self.root.running = 0;
-        scrub_one_page();
+        let due = self.scrub_due(rdtsc());
+        scrub_one_page(due);
         if self.root.recovery.pending_print != 0 {
             self.finish_recovery(entered);
         }
@@ -329,16 +332,22 @@ impl Vms {
         scheduler::next_runnable(&self.root.vms, self.last)
     }
 
-    /// With every VM waiting there are no exits to pace the image scrub, and a flipped
-    /// bit in the code that computes the VMs' timer deadlines can keep them waiting for
-    /// ever (campaign finding 1). Idle, the scrub counts a tick every 1/128 of a slice
-    /// as if it were an exit: a page every 8 ticks (about 5 ms at 50 MHz), the whole
-    /// image in under half a second.
-    fn scrub_while_idle(&mut self, now: u64) {
-        if now >= self.next_idle_scrub {
-            self.next_idle_scrub = now + SLICE_TSC / 128;
-            scrub_one_page();
+    /// Whether an image page is due by time: at least one every 5 ms, whatever the VM
+    /// exits do. Exits alone do not pace the scrub well enough: with every VM waiting
+    /// there are none (campaign finding 1), and guests spinning in guest mode exit only
+    /// at the end of their slice, a dozen times a second, which made a full pass take a
+    /// minute (finding 10). 200 pages a second cover the image in under half a second.
+    fn scrub_due(&mut self, now: u64) -> bool {
+        if now < self.next_timed_scrub {
+            return false;
         }
+        let interval = if self.caps.tsc_hz == 0 {
+            SLICE_TSC / 16
+        } else {
+            self.caps.tsc_hz / 200
+        };
+        self.next_timed_scrub = now + interval;
+        true
     }
 
     /// Makes `next`'s VMCS current and its MSRs live.
@@ -376,12 +385,12 @@ impl Vms {
     }
 }
 
-/// Every few VM exits, compares one page of the image's code and read-only data with the
+/// Every few VM exits (or when `force`d by time), compares one page of the image's code and read-only data with the
 /// pristine copy (`crate::scrub`): a change is a hypervisor failure; a change in the copy
 /// is repaired, or reported once if it cannot be.
-fn scrub_one_page() {
+fn scrub_one_page(force: bool) {
     use crate::scrub::Verdict;
-    match crate::scrub::machine::after_exit() {
+    match crate::scrub::machine::after_exit(force) {
         None => {}
         Some((address, Verdict::ImageChanged)) => failure::fail(&Failure::Image { address }),
         Some((address, Verdict::PristineRepaired)) => log::warn!(
