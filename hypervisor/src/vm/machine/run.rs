@@ -99,6 +99,17 @@ impl Vms {
             );
         }
         let exit = exit.exit;
+        if exit.reason == ExitReason::MonitorTrapFlag {
+            // Lazarus never sets the monitor-trap-flag control (SDM Vol. 3C §26.5.2): this
+            // exit means the VM's controls were changed under it, a hypervisor fault, not
+            // the guest's (campaign finding 11). Recovery rewrites the controls and the
+            // exit, not yet handled, is rolled back.
+            vmx_failure(
+                "VM exit for the monitor trap flag, which Lazarus never sets (the VM's execution controls are corrupt)",
+                vm,
+                VmxError::VmFailInvalid,
+            );
+        }
         if exit.reason == ExitReason::ExceptionOrNmi && is_nmi(exit.interruption_info) {
             crate::watchdog::on_guest_nmi_exit();
         }
