@@ -132,60 +132,57 @@ pub mod machine {
         }
         let len = LEN.load(Ordering::Relaxed);
         let offset = CURSOR.lock().tick(len, force)?;
-        let live = LIVE.load(Ordering::Relaxed) + offset;
-        let pristine = PRISTINE.load(Ordering::Relaxed) + offset;
-        // SAFETY: both pages lie inside the image's `.text .rodata` and the pristine copy
+        compare(offset, PAGE)
+    }
+
+    /// Compares `bytes` at `offset` into the scrubbed region with the pristine copy;
+    /// the caller keeps them inside one page of the region (`judge` repairs that page).
+    fn compare(offset: u64, bytes: u64) -> Option<(u64, Verdict)> {
+        let live = LIVE.load(Ordering::Relaxed);
+        let pristine = PRISTINE.load(Ordering::Relaxed);
+        let words = (bytes / 8) as usize;
+        // SAFETY: the range lies inside the image's `.text .rodata` and the pristine copy
         // of them (identity-mapped, set by `start`); reading them has no side effect.
         let (a, b) = unsafe {
             (
-                core::slice::from_raw_parts(live as *const u64, (PAGE / 8) as usize),
-                core::slice::from_raw_parts(pristine as *const u64, (PAGE / 8) as usize),
+                core::slice::from_raw_parts((live + offset) as *const u64, words),
+                core::slice::from_raw_parts((pristine + offset) as *const u64, words),
             )
         };
         let at = first_difference(a, b)?;
-        Some((live + at as u64, judge(live, pristine)))
+        let page = offset & !(PAGE - 1);
+        Some((
+            live + offset + at as u64,
+            judge(live + page, pristine + page),
+        ))
     }
 
     /// Every VM's state is copied through `memcpy` and friends, on every exit: a flipped
     /// bit in them corrupts VMs long before the page-by-page scrub comes round (campaign
     /// finding 4), so their first `HOT_BYTES` (each routine is shorter) are compared at
-    /// every exit, about a hundred words.
+    /// every exit, 160 words.
     fn check_hot() -> Option<(u64, Verdict)> {
         const HOT_BYTES: u64 = 256;
         let (live, len) = (LIVE.load(Ordering::Relaxed), LEN.load(Ordering::Relaxed));
-        let pristine = PRISTINE.load(Ordering::Relaxed);
-        for routine in [
+        [
             memcpy as *const () as u64,
             memmove as *const () as u64,
             memset as *const () as u64,
             memcmp as *const () as u64,
             bcmp as *const () as u64,
-        ] {
+        ]
+        .into_iter()
+        .find_map(|routine| {
             let start = routine & !7;
             let offset = start.wrapping_sub(live);
             let page = offset & !(PAGE - 1);
-            // Within the scrubbed region, and not past the routine's page (`judge`
-            // repairs one page).
+            // Within the scrubbed region, and not past the routine's page.
             let bytes = HOT_BYTES.min(page + PAGE - offset);
             if start < live || offset + bytes > len {
-                continue;
+                return None;
             }
-            // SAFETY: `bytes` from `start` lie in one page of the image's `.text` and of
-            // the pristine copy (checked just above against `start`'s region).
-            let (a, b) = unsafe {
-                (
-                    core::slice::from_raw_parts(start as *const u64, (bytes / 8) as usize),
-                    core::slice::from_raw_parts(
-                        (pristine + offset) as *const u64,
-                        (bytes / 8) as usize,
-                    ),
-                )
-            };
-            if let Some(at) = first_difference(a, b) {
-                return Some((start + at as u64, judge(live + page, pristine + page)));
-            }
-        }
-        None
+            compare(offset, bytes)
+        })
     }
 
     /// Decides which side changed, repairing the pristine copy when it is the one.
