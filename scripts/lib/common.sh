@@ -17,26 +17,54 @@ LZ_PKGS_CHART="python3 python3-matplotlib"
 # Installs the Debian packages that are not installed yet: apt-get as root, or through
 # sudo; on a system without apt-get, names the packages and stops.
 lz_ensure_packages() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
+    local missing
+    missing=$(lz_missing_packages "$@")
+    [ -z "$missing" ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        lz_die "missing packages: ${missing[*]} (this system has no apt-get: install the equivalents of these Debian packages by hand)"
+        lz_die "missing packages: $missing (this system has no apt-get: install the equivalents of these Debian packages by hand)"
     fi
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || lz_die "missing packages: ${missing[*]}; run as root or install sudo"
+        command -v sudo >/dev/null 2>&1 || lz_die "missing packages: $missing; run as root or install sudo"
         sudo=(sudo)
     fi
-    lz_say "installing ${missing[*]}"
-    # The package lists may be absent on a fresh machine: update once, then install.
-    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-        "${sudo[@]}" apt-get update -q >/dev/null || lz_die "apt-get update failed"
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-            || lz_die "apt-get could not install: ${missing[*]}"
+    lz_lock_packages
+    # Another script may have installed them while this one waited for the lock.
+    missing=$(lz_missing_packages "$@")
+    if [ -n "$missing" ]; then
+        lz_say "installing $missing"
+        # The package lists may be absent on a fresh machine: update once, then install.
+        # shellcheck disable=SC2086 # one word per package
+        if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1; then
+            "${sudo[@]}" apt-get update -q >/dev/null || lz_die "apt-get update failed"
+            # shellcheck disable=SC2086
+            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing \
+                || lz_die "apt-get could not install: $missing"
+        fi
     fi
+    lz_unlock_packages
+}
+
+# The project's lock on the package manager: two of its scripts (the tests start several
+# at once, each of which may install a package or update the lists) must never race for
+# apt-get, which refuses to run twice. Every apt-get call that changes something runs
+# between lz_lock_packages and lz_unlock_packages.
+LZ_PACKAGE_LOCK="${TMPDIR:-/tmp}/lazarus-packages.lock"
+lz_lock_packages() {
+    exec {LZ_PACKAGE_FD}>>"$LZ_PACKAGE_LOCK" || lz_die "cannot open $LZ_PACKAGE_LOCK"
+    flock "$LZ_PACKAGE_FD" || lz_die "cannot lock $LZ_PACKAGE_LOCK"
+}
+lz_unlock_packages() {
+    exec {LZ_PACKAGE_FD}>&-
+}
+
+# The packages among "$@" that are not installed, space-separated.
+lz_missing_packages() {
+    local pkg missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    printf '%s' "${missing[*]}"
 }
 
 # Makes sure cargo is there; rust-toolchain.toml then makes rustup fetch the pinned
