@@ -128,3 +128,35 @@ pub fn control_registers() -> [u64; 4] {
     }
     [cr0, cr2, cr3, cr4]
 }
+
+/// Reads DR0-DR3 and DR6: the guest's, while a VM is current (the host never uses them).
+pub fn debug_registers() -> ([u64; 4], u64) {
+    let (dr0, dr1, dr2, dr3, dr6): (u64, u64, u64, u64, u64);
+    // SAFETY: reading debug registers has no side effects at CPL 0 (DR7.GD is clear in
+    // the host: VM exit loads DR7 with 0x400, SDM Vol. 3C §28.5.1).
+    unsafe {
+        asm!("mov {}, dr0", out(reg) dr0, options(nomem, nostack, preserves_flags));
+        asm!("mov {}, dr1", out(reg) dr1, options(nomem, nostack, preserves_flags));
+        asm!("mov {}, dr2", out(reg) dr2, options(nomem, nostack, preserves_flags));
+        asm!("mov {}, dr3", out(reg) dr3, options(nomem, nostack, preserves_flags));
+        asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack, preserves_flags));
+    }
+    ([dr0, dr1, dr2, dr3], dr6)
+}
+
+/// Loads DR0-DR3 and DR6.
+///
+/// # Safety
+/// DR6 bits 63:32 must be 0 (else #GP). The addresses arm nothing in the host: DR7,
+/// which enables breakpoints, is 0x400 after every VM exit (SDM Vol. 3C §28.5.1) and the
+/// guest's DR7 is loaded only by VM entry.
+pub unsafe fn set_debug_registers(dr: [u64; 4], dr6: u64) {
+    // SAFETY: see the function's contract; writing DR0-3 has no effect while DR7 is 0x400.
+    unsafe {
+        asm!("mov dr0, {}", in(reg) dr[0], options(nomem, nostack, preserves_flags));
+        asm!("mov dr1, {}", in(reg) dr[1], options(nomem, nostack, preserves_flags));
+        asm!("mov dr2, {}", in(reg) dr[2], options(nomem, nostack, preserves_flags));
+        asm!("mov dr3, {}", in(reg) dr[3], options(nomem, nostack, preserves_flags));
+        asm!("mov dr6, {}", in(reg) dr6, options(nomem, nostack, preserves_flags));
+    }
+}

@@ -34,7 +34,7 @@ use crate::vmx::fields::GuestRegisters;
 /// "LZARENA1".
 pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"LZARENA1");
 /// Bumped whenever any `#[repr(C)]` type in the arena changes shape.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// How many VMs the table holds.
 pub const MAX_VMS: usize = 16;
 /// Longest VM name (bytes, ASCII).
@@ -259,6 +259,35 @@ pub struct VcpuRecord {
     pub fpu_saved: u32,
     pub _pad: u32,
     pub msrs: SwappedMsrs,
+    /// The guest's CR8 (task priority, bits 3:0): CR8 accesses exit, since the physical
+    /// CR8 is the host's.
+    pub cr8: u64,
+    /// DR0-DR3 and DR6, which the guest uses directly and the VMCS does not switch (DR7
+    /// is in the VMCS): swapped with the FPU state, live while the VM is current.
+    pub debug: DebugRegisters,
+}
+
+/// The debug registers the scheduler swaps between VMs (SDM Vol. 3B §18.2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugRegisters {
+    pub dr: [u64; 4],
+    pub dr6: u64,
+}
+
+impl DebugRegisters {
+    /// DR6's value at reset: reserved bits set, no condition recorded (SDM Vol. 3B §18.2.3).
+    pub const DR6_INIT: u64 = 0xffff_0ff0;
+    pub const INIT: DebugRegisters = DebugRegisters {
+        dr: [0; 4],
+        dr6: Self::DR6_INIT,
+    };
+}
+
+impl Default for DebugRegisters {
+    fn default() -> Self {
+        Self::INIT
+    }
 }
 
 #[repr(C)]
@@ -383,6 +412,8 @@ impl VmRecord {
                 kernel_gs_base: 0,
                 tsc_aux: 0,
             },
+            cr8: 0,
+            debug: DebugRegisters::INIT,
         },
         stats: VmStats {
             exits: 0,

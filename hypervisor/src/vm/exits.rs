@@ -13,6 +13,7 @@
 use core::fmt::Write;
 
 use super::hypercall;
+use super::rules::{self, GuestLimits, Mode};
 use crate::arena::{VmRecord, ON_TRIPLE_FAULT_RESET};
 use crate::vmx::event;
 use crate::vmx::exit::{CrAccessType, ExitReason};
@@ -31,10 +32,13 @@ pub struct Exit {
     /// Current privilege level (guest SS.DPL).
     pub cpl: u8,
     pub cr0: u64,
+    pub cr3: u64,
     pub cr4: u64,
     pub cr0_shadow: u64,
     pub cr4_shadow: u64,
     pub efer: u64,
+    /// Guest CS access rights (SDM Vol. 3C §25.4.1): bit 13 is CS.L.
+    pub cs_access_rights: u64,
     pub entry_controls: u64,
     pub interruption_info: u32,
     /// For RDMSR of an MSR held in the VMCS ([`vmcs_msr_field`]): that field's value; of
@@ -54,8 +58,8 @@ pub trait GuestMemory {
 pub trait Host {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
     fn rdtsc(&self) -> u64;
-    /// XCR0 bits this CPU supports (CPUID.(EAX=0Dh,ECX=0):EDX:EAX).
-    fn supported_xcr0(&self) -> u64;
+    /// What a guest may set (XCR0, CR4, canonical addresses) and the CR guest/host masks.
+    fn guest_limits(&self) -> GuestLimits;
     /// IA32_VMX_CR0_FIXED0/1 and CR4_FIXED0/1.
     fn cr_fixed(&self) -> [u64; 4];
     /// The TSC frequency in Hz (the guest's TSC runs at the host's rate).
@@ -115,6 +119,8 @@ pub struct Effect {
     pub guest_write: Option<(u64, [u8; 16], usize)>,
     /// New guest XCR0.
     pub xcr0: Option<u64>,
+    /// New guest CR8 (the task-priority register, kept per vCPU).
+    pub cr8: Option<u64>,
     /// New values of the pass-through-style MSRs kept in the vCPU record.
     pub msrs: Option<crate::arena::SwappedMsrs>,
     /// The VM's devices after a port access they claimed.
@@ -140,6 +146,7 @@ impl Effect {
             console: None,
             guest_write: None,
             xcr0: None,
+            cr8: None,
             msrs: None,
             devices: None,
             serial_out: heapless::Vec::new(),
@@ -217,8 +224,14 @@ pub fn handle(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, host: &impl Ho
             exception_or_nmi(exit, e)
         }
         ExitReason::Xsetbv => xsetbv(exit, regs, host, e),
-        ExitReason::CrAccess => cr_access(exit, regs, host, e),
+        ExitReason::CrAccess => cr_access(exit, vm, host, e),
         ExitReason::Invd | ExitReason::Wbinvd => e.advance(exit),
+        // CPUID hides MONITOR/MWAIT: the instructions are undefined, as on a CPU without
+        // them (SDM Vol. 2B MONITOR, "#UD if CPUID.01H:ECX.MONITOR[bit 3] = 0").
+        ExitReason::Monitor | ExitReason::Mwait => e.inject_ud(),
+        // No performance counters (CPUID leaf 0Ah is zero): every counter index is
+        // invalid, and RDPMC of an invalid index raises #GP(0) (SDM Vol. 2B RDPMC).
+        ExitReason::Rdpmc => e.inject_gp(),
         ExitReason::Vmclear
         | ExitReason::Vmlaunch
         | ExitReason::Vmptrld
@@ -240,11 +253,37 @@ pub fn handle(exit: &Exit, vm: &VmRecord, mem: &impl GuestMemory, host: &impl Ho
     }
 }
 
-/// CPUID: the host's answer, minus what Lazarus does not virtualise (VMX, MONITOR,
-/// performance counters), plus the hypervisor bit and leaf 0x40000000. Advances RIP.
+/// CPUID: [`guest_cpuid`] of the host's answer, with the OS-enabled bits (OSXSAVE,
+/// OSPKE) from the guest's own CR4. Advances RIP.
 fn cpuid(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) -> Effect {
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
-    let [mut a, mut b, mut c, mut d] = host.cpuid(leaf, subleaf);
+    let limits = host.guest_limits();
+    let raw = host.cpuid(leaf, subleaf);
+    let mut r = guest_cpuid(leaf, subleaf, raw, host.tsc_hz(), &limits);
+    let cr4 = guest_mode(exit, &limits).cr4;
+    match leaf {
+        // CPUID.1:ECX.OSXSAVE[27] mirrors CR4.OSXSAVE[18]; CPUID.7.0:ECX.OSPKE[4] mirrors
+        // CR4.PKE[22] (SDM Vol. 2A CPUID): the guest's CR4, not the host's.
+        1 => r[2] = (r[2] & !(1 << 27)) | (((cr4 >> 18) as u32 & 1) << 27),
+        7 if subleaf == 0 => r[2] = (r[2] & !(1 << 4)) | (((cr4 >> 22) as u32 & 1) << 4),
+        _ => {}
+    }
+    [e.regs.rax, e.regs.rbx, e.regs.rcx, e.regs.rdx] = r.map(u64::from);
+    e.advance(exit)
+}
+
+/// The CPUID a guest sees for `leaf`/`subleaf`, from the host's answer `raw`: the host's
+/// minus what Lazarus does not virtualise (VMX, MONITOR, the local APIC, performance
+/// counters, MPX, CET, XSAVE components beyond `limits.xcr0`...), plus the hypervisor
+/// bit and leaf 0x40000000.
+pub fn guest_cpuid(
+    leaf: u32,
+    subleaf: u32,
+    raw: [u32; 4],
+    tsc_hz: u64,
+    limits: &GuestLimits,
+) -> [u32; 4] {
+    let [mut a, mut b, mut c, mut d] = raw;
     match leaf {
         1 => {
             // ECX: clear MONITOR (3), DS-CPL (4), VMX (5), SMX (6), EST (7), TM2 (8),
@@ -274,10 +313,33 @@ fn cpuid(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) ->
             b |= 1 << 16;
         }
         7 if subleaf == 0 => {
+            // EBX: clear MPX (14): its state and IA32_BNDCFGS are not switched.
+            b &= !(1 << 14);
+            if limits.xcr0 & rules::xcr0::AVX512 == 0 {
+                // No AVX-512 state, no AVX-512: EBX F (16), DQ (17), IFMA (21), PF (26),
+                // ER (27), CD (28), BW (30), VL (31); ECX VBMI (1), VBMI2 (6), VNNI (11),
+                // BITALG (12), VPOPCNTDQ (14); EDX 4VNNIW (2), 4FMAPS (3), VP2INTERSECT (8).
+                b &= !((0b11 << 16) | (1 << 21) | (0b111 << 26) | (0b11 << 30));
+                c &= !((1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14));
+                d &= !((1 << 2) | (1 << 3) | (1 << 8));
+            }
+            if limits.xcr0 & rules::xcr0::PKRU == 0 {
+                c &= !(1 << 3); // PKU
+            }
+            // ECX: clear WAITPKG (5: UMWAIT/TPAUSE raise #UD without their VM-execution
+            // control), CET_SS (7) and PKS (31): their state is not switched.
+            c &= !((1 << 5) | (1 << 7) | (1u32 << 31));
             // EDX: clear the speculation-control bits whose MSRs are not emulated: IBRS/IBPB
             // (26), STIBP (27), L1D_FLUSH (28), ARCH_CAPABILITIES (29), CORE_CAPABILITIES
-            // (30), SSBD (31).
-            d &= !(0x3f << 26);
+            // (30), SSBD (31); and CET_IBT (20).
+            d &= !((0x3f << 26) | (1 << 20));
+        }
+        0xd if subleaf == 0 => {
+            // The components a guest may enable, and the area size they need (EBX, the
+            // size for the current XCR0, is the CPU's: the guest's XCR0 is live).
+            a = limits.xcr0 as u32;
+            d = (limits.xcr0 >> 32) as u32;
+            c = limits.xsave_size;
         }
         0xd if subleaf == 1 => {
             // XSAVE extensions: keep XSAVEOPT (0) and XGETBV with ECX=1 (2); hide the
@@ -288,15 +350,16 @@ fn cpuid(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) ->
             c = 0;
             d = 0;
         }
+        0xd if subleaf < 64 && limits.xcr0 & (1 << subleaf) == 0 => [a, b, c, d] = [0; 4],
         0x15 => {
             // TSC and core crystal clock: ratio 1/1 with the crystal at the TSC frequency,
             // so the guest knows its TSC rate exactly instead of trusting the model's
             // nominal one (SDM Vol. 2A, CPUID leaf 15H).
-            [a, b, c, d] = [1, 1, host.tsc_hz() as u32, 0];
+            [a, b, c, d] = [1, 1, tsc_hz as u32, 0];
         }
         0x16 => {
             // Base and maximum frequency in MHz: the TSC's.
-            let mhz = (host.tsc_hz() / 1_000_000) as u32;
+            let mhz = (tsc_hz / 1_000_000) as u32;
             [a, b, c, d] = [mhz, mhz, 0, 0];
         }
         5 | 6 | 0xa => [a, b, c, d] = [0; 4],
@@ -310,11 +373,20 @@ fn cpuid(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) ->
         0x4000_0001..=0x4fff_ffff => [a, b, c, d] = [0; 4],
         _ => {}
     }
-    e.regs.rax = u64::from(a);
-    e.regs.rbx = u64::from(b);
-    e.regs.rcx = u64::from(c);
-    e.regs.rdx = u64::from(d);
-    e.advance(exit)
+    [a, b, c, d]
+}
+
+/// The guest's mode at `exit`: a bit the guest/host mask owns is the read shadow's, the
+/// others the register's.
+pub fn guest_mode(exit: &Exit, limits: &GuestLimits) -> Mode {
+    let view = |real: u64, shadow: u64, mask: u64| (real & !mask) | (shadow & mask);
+    Mode {
+        cr0: view(exit.cr0, exit.cr0_shadow, limits.cr0_mask),
+        cr3: exit.cr3,
+        cr4: view(exit.cr4, exit.cr4_shadow, limits.cr4_mask),
+        efer: exit.efer,
+        cs_long: exit.efer & rules::efer::LMA != 0 && exit.cs_access_rights & (1 << 13) != 0,
+    }
 }
 
 /// Port I/O. A port a device model claims is handled on a copy of the VM's devices that
@@ -466,7 +538,9 @@ fn rdmsr(exit: &Exit, vm: &VmRecord, host: &impl Host, mut e: Effect) -> Effect 
     let index = vm.vcpu.regs.rcx as u32;
     let mut msrs = vm.vcpu.msrs;
     let value = match index {
-        msr::IA32_TSC => Some(host.rdtsc()),
+        // The guest's TSC, as RDTSC reads it: the host's minus the VM's start (the TSC
+        // offset, SDM Vol. 3C §26.6.5).
+        msr::IA32_TSC => Some(host.rdtsc().wrapping_sub(vm.clock_start)),
         msr::IA32_EFER => Some(exit.efer),
         // SWAPGS changes it without an exit: the exit reader fetched the live value.
         msr::IA32_KERNEL_GS_BASE => Some(exit.vmcs_msr_value),
@@ -487,30 +561,51 @@ fn rdmsr(exit: &Exit, vm: &VmRecord, host: &impl Host, mut e: Effect) -> Effect 
     }
 }
 
-/// EFER bits a guest may set: SCE (0), LME (8), NXE (11) (SDM Vol. 3A §2.2.1).
-const EFER_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 11);
-const EFER_LMA: u64 = 1 << 10;
+/// IA32_DEBUGCTL bits a guest may set: BTF (1), single-step on branches. The others
+/// (LBR, the trace and PMU controls) drive features CPUID hides; VM entry refuses the
+/// reserved ones (SDM Vol. 3C §27.3.1.1), so a WRMSR with them raises #GP.
+const DEBUGCTL_WRITABLE: u64 = 1 << 1;
 
-/// WRMSR: emulated MSRs take the value (EFER keeps LMA, which only the CPU changes);
-/// the TSC is not writable (the write is ignored); any other MSR raises #GP (counted).
-/// Advances RIP only on success.
-fn wrmsr(exit: &Exit, vm: &VmRecord, _host: &impl Host, mut e: Effect) -> Effect {
+/// Whether hardware would take `value` for MSR `index` (SDM Vol. 4 Table 2-2): base and
+/// entry-point addresses must be canonical, PAT entries valid memory types, and the
+/// reserved bits of EFER, DEBUGCTL, TSC_AUX and FMASK zero. A value it would refuse
+/// raises #GP, and so never reaches the VMCS or a host register.
+fn msr_value_ok(index: u32, value: u64, mode: &Mode, limits: &GuestLimits) -> bool {
+    match index {
+        msr::IA32_SYSENTER_ESP
+        | msr::IA32_SYSENTER_EIP
+        | msr::IA32_FS_BASE
+        | msr::IA32_GS_BASE
+        | msr::IA32_KERNEL_GS_BASE
+        | msr::IA32_LSTAR
+        | msr::IA32_CSTAR => rules::canonical(value, limits.linear_bits),
+        msr::IA32_PAT => rules::valid_pat(value),
+        msr::IA32_EFER => rules::efer_write(value, mode),
+        msr::IA32_DEBUGCTL => value & !DEBUGCTL_WRITABLE == 0,
+        // Bits 63:32 are reserved.
+        msr::IA32_TSC_AUX | msr::IA32_FMASK => value >> 32 == 0,
+        _ => true,
+    }
+}
+
+/// WRMSR: emulated MSRs take the value once [`msr_value_ok`] accepts it (EFER keeps
+/// LMA, which only the CPU changes); the TSC and the identification MSRs ignore writes;
+/// IA32_FEATURE_CONTROL is locked and IA32_PLATFORM_ID read-only (#GP); any other MSR
+/// raises #GP (counted). Advances RIP only on success.
+fn wrmsr(exit: &Exit, vm: &VmRecord, host: &impl Host, mut e: Effect) -> Effect {
     let regs = &vm.vcpu.regs;
     let index = regs.rcx as u32;
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+    let limits = host.guest_limits();
+    if !msr_value_ok(index, value, &guest_mode(exit, &limits), &limits) {
+        return e.inject_gp();
+    }
     match index {
-        msr::IA32_TSC => {}
-        i if constant_msr(i).is_some() => {}
-        msr::IA32_EFER => {
-            if value & !(EFER_WRITABLE | EFER_LMA) != 0 {
-                e.counts.unknown_msr = 1;
-                return e.inject_gp();
-            }
-            e.set_vmcs(
-                VmcsField::GuestIa32Efer,
-                (value & EFER_WRITABLE) | (exit.efer & EFER_LMA),
-            );
-        }
+        msr::IA32_TSC | msr::IA32_BIOS_SIGN_ID | msr::IA32_MISC_ENABLE => {}
+        msr::IA32_EFER => e.set_vmcs(
+            VmcsField::GuestIa32Efer,
+            (value & !rules::efer::LMA) | (exit.efer & rules::efer::LMA),
+        ),
         i => {
             if let Some(field) = vmcs_msr_field(i) {
                 e.set_vmcs(field, value);
@@ -519,7 +614,7 @@ fn wrmsr(exit: &Exit, vm: &VmRecord, _host: &impl Host, mut e: Effect) -> Effect
                 match swapped_msr(&mut msrs, i) {
                     Some(slot) => *slot = value,
                     None => {
-                        e.counts.unknown_msr = 1;
+                        e.counts.unknown_msr = u64::from(constant_msr(i).is_none());
                         return e.inject_gp();
                     }
                 }
@@ -566,15 +661,12 @@ fn exception_or_nmi(exit: &Exit, e: Effect) -> Effect {
     ))
 }
 
-/// XSETBV: the guest's XCR0, checked like the CPU would (bit 0 set, AVX needs SSE,
-/// only supported bits; else #GP). Advances RIP on success.
+/// XSETBV: the guest's XCR0, checked as the CPU would ([`rules::valid_xcr0`] against
+/// what the guest may enable, ECX = 0, CPL 0; else #GP). Advances RIP on success.
 fn xsetbv(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) -> Effect {
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
-    let valid = regs.rcx as u32 == 0
-        && value & 1 != 0
-        && (value & 4 == 0 || value & 2 != 0)
-        && value & !host.supported_xcr0() == 0
-        && exit.cpl == 0;
+    let valid =
+        regs.rcx as u32 == 0 && rules::valid_xcr0(value, host.guest_limits().xcr0) && exit.cpl == 0;
     if !valid {
         return e.inject_gp();
     }
@@ -617,48 +709,105 @@ pub fn gpr(regs: &GuestRegisters, exit: &Exit, n: u8) -> u64 {
     }
 }
 
-const CR0_PG: u64 = 1 << 31;
+/// Writes general register `n` (numbered as in [`gpr`]): RSP is in the VMCS.
+fn set_gpr(e: &mut Effect, n: u8, value: u64) {
+    let r = &mut e.regs;
+    match n {
+        0 => r.rax = value,
+        1 => r.rcx = value,
+        2 => r.rdx = value,
+        3 => r.rbx = value,
+        4 => e.set_vmcs(VmcsField::GuestRsp, value),
+        5 => r.rbp = value,
+        6 => r.rsi = value,
+        7 => r.rdi = value,
+        8 => r.r8 = value,
+        9 => r.r9 = value,
+        10 => r.r10 = value,
+        11 => r.r11 = value,
+        12 => r.r12 = value,
+        13 => r.r13 = value,
+        14 => r.r14 = value,
+        _ => r.r15 = value,
+    }
+}
+
 const CR0_TS: u64 = 1 << 3;
-const EFER_LME: u64 = 1 << 8;
 /// VM-entry control "IA-32e mode guest" (SDM Vol. 3C §25.8.1).
 const ENTRY_IA32E: u64 = 1 << 9;
 
-/// MOV to CR0/CR4, CLTS and LMSW on bits the guest/host masks own. The shadow takes the
-/// guest's value, the real register gets it with the fixed bits forced, and turning
-/// paging on or off with EFER.LME set moves EFER.LMA and the IA-32e entry control the
-/// way the CPU would (SDM Vol. 3A §10.8.5). Advances RIP.
-fn cr_access(exit: &Exit, regs: &GuestRegisters, host: &impl Host, mut e: Effect) -> Effect {
+/// Control-register exits: MOV to CR0/CR4, CLTS and LMSW that change a bit the guest/host
+/// masks own, and every MOV to or from CR8 (CR8 is per vCPU: the physical one is the
+/// host's task priority, which no VM may set or read). Advances RIP, except after #GP.
+fn cr_access(exit: &Exit, vm: &VmRecord, host: &impl Host, mut e: Effect) -> Effect {
     use crate::vmx::exit::CrAccess;
     let q = CrAccess::from_qualification(exit.qualification);
-    let [f0, f1, g0, g1] = host.cr_fixed();
-    let new_cr0 = match q.access_type {
-        CrAccessType::MovToCr if q.cr == 4 => {
-            let value = gpr(regs, exit, q.gpr);
+    let mode = guest_mode(exit, &host.guest_limits());
+    let value = gpr(&vm.vcpu.regs, exit, q.gpr);
+    match (q.access_type, q.cr) {
+        (CrAccessType::MovToCr, 0) => write_cr0(exit, &mode, value, host, e),
+        (CrAccessType::Clts, _) => write_cr0(exit, &mode, mode.cr0 & !CR0_TS, host, e),
+        // LMSW loads CR0[3:0] but cannot clear PE (SDM Vol. 2A LMSW).
+        (CrAccessType::Lmsw, _) => {
+            let msw = u64::from(q.lmsw_source & 0xf);
+            write_cr0(
+                exit,
+                &mode,
+                (mode.cr0 & !0xe) | msw | (mode.cr0 & 1),
+                host,
+                e,
+            )
+        }
+        (CrAccessType::MovToCr, 4) => {
+            if !rules::cr4_write(value, &mode, host.guest_limits().cr4) {
+                return e.inject_gp();
+            }
+            let [_, _, g0, g1] = host.cr_fixed();
             e.set_vmcs(VmcsField::GuestCr4, cr4_real(value, g0, g1));
             e.set_vmcs(VmcsField::Cr4ReadShadow, value);
-            return e.advance(exit);
+            e.advance(exit)
         }
-        CrAccessType::MovToCr if q.cr == 0 => gpr(regs, exit, q.gpr),
-        CrAccessType::Clts => exit.cr0_shadow & !CR0_TS,
-        CrAccessType::Lmsw => {
-            (exit.cr0_shadow & !0xe) | u64::from(q.lmsw_source & 0xf) | (exit.cr0_shadow & 1)
+        // CR8 is TPR[7:4]; bits 63:4 are reserved (SDM Vol. 3A §11.8.6.1).
+        (CrAccessType::MovToCr, 8) if value >> 4 != 0 => e.inject_gp(),
+        (CrAccessType::MovToCr, 8) => {
+            e.cr8 = Some(value);
+            e.advance(exit)
         }
-        _ => {
-            return e.stop(format_args!(
-                "unexpected control-register access (rip {:#x})",
-                exit.rip
-            ))
+        (CrAccessType::MovFromCr, 8) => {
+            set_gpr(&mut e, q.gpr, vm.vcpu.cr8 & 0xf);
+            e.advance(exit)
         }
+        _ => e.stop(format_args!(
+            "unexpected control-register access (rip {:#x})",
+            exit.rip
+        )),
+    }
+}
+
+/// A guest write of `new` to CR0, checked ([`rules::cr0_write`], #GP if refused): the
+/// shadow takes the guest's value, the real register gets it with the fixed bits forced,
+/// and turning paging on or off with EFER.LME set moves EFER.LMA and the IA-32e entry
+/// control the way the CPU would (SDM Vol. 3A §10.8.5).
+fn write_cr0(exit: &Exit, mode: &Mode, new: u64, host: &impl Host, mut e: Effect) -> Effect {
+    let Some(new) = rules::cr0_write(new, mode) else {
+        return e.inject_gp();
     };
-    e.set_vmcs(VmcsField::GuestCr0, cr0_real(new_cr0, f0, f1));
-    e.set_vmcs(VmcsField::Cr0ReadShadow, new_cr0);
-    let paging_was = exit.cr0_shadow & CR0_PG != 0;
-    let paging_now = new_cr0 & CR0_PG != 0;
-    if paging_was != paging_now && exit.efer & EFER_LME != 0 {
+    let [f0, f1, _, _] = host.cr_fixed();
+    e.set_vmcs(VmcsField::GuestCr0, cr0_real(new, f0, f1));
+    e.set_vmcs(VmcsField::Cr0ReadShadow, new);
+    let paging_was = mode.cr0 & rules::cr0::PG != 0;
+    let paging_now = new & rules::cr0::PG != 0;
+    if paging_was != paging_now && exit.efer & rules::efer::LME != 0 {
         let (efer, entry) = if paging_now {
-            (exit.efer | EFER_LMA, exit.entry_controls | ENTRY_IA32E)
+            (
+                exit.efer | rules::efer::LMA,
+                exit.entry_controls | ENTRY_IA32E,
+            )
         } else {
-            (exit.efer & !EFER_LMA, exit.entry_controls & !ENTRY_IA32E)
+            (
+                exit.efer & !rules::efer::LMA,
+                exit.entry_controls & !ENTRY_IA32E,
+            )
         };
         e.set_vmcs(VmcsField::GuestIa32Efer, efer);
         e.set_vmcs(VmcsField::EntryControls, entry);

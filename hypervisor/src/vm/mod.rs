@@ -11,6 +11,7 @@ pub mod hypercall;
 pub mod interrupts;
 #[cfg(target_os = "none")]
 pub mod machine;
+pub mod rules;
 pub mod scheduler;
 
 use exits::{Effect, Exit, GuestMemory, Outcome};
@@ -86,6 +87,9 @@ pub fn commit(
     }
     if let Some(xcr0) = effect.xcr0 {
         vm.vcpu.xcr0 = xcr0;
+    }
+    if let Some(cr8) = effect.cr8 {
+        vm.vcpu.cr8 = cr8;
     }
     let s = &mut vm.stats;
     s.unclaimed_io += effect.counts.unclaimed_io;

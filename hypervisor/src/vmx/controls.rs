@@ -372,14 +372,18 @@ impl ControlSet {
     ///   NMIs belong to the watchdog), virtual NMIs (guest NMI blocking is tracked by the
     ///   processor), the preemption timer (the scheduler's time slice);
     /// - primary: HLT exits, I/O and MSR accesses go through bitmaps, TSC offsetting,
-    ///   secondary controls active;
+    ///   secondary controls active; MONITOR, MWAIT and RDPMC exit (CPUID hides them: the
+    ///   guest gets #UD or #GP, as without the feature, instead of running them on the
+    ///   host's hardware); CR8 loads and stores exit (the physical CR8 is the host's task
+    ///   priority: each vCPU has its own);
     /// - secondary: EPT and unrestricted guest (required); VPID, RDTSCP, INVPCID and
     ///   XSAVES/XRSTORS when allowed, so that a Linux guest that sees those instructions
     ///   in CPUID does not take #UD;
     /// - VM-exit: 64-bit host, interrupts acknowledged on exit (the vector is in the
-    ///   VM-exit interruption information), guest EFER and PAT saved and host ones loaded,
-    ///   the preemption timer value saved when allowed;
-    /// - VM-entry: guest EFER and PAT loaded. "IA-32e mode guest" follows the guest's
+    ///   VM-exit interruption information), guest DR7 and IA32_DEBUGCTL, EFER and PAT
+    ///   saved and host ones loaded, the preemption timer value saved when allowed;
+    /// - VM-entry: guest DR7, IA32_DEBUGCTL, EFER and PAT loaded (without the debug
+    ///   controls a guest's DR7 would be lost at every exit, which sets DR7 to 0x400). "IA-32e mode guest" follows the guest's
     ///   EFER.LMA at each entry: see [`ControlSet::entry_for_guest_efer`].
     ///
     /// Must-be-1 bits of the capability MSRs are added. The first required control that
@@ -404,6 +408,11 @@ impl ControlSet {
             | pin::VIRTUAL_NMIS
             | pin::ACTIVATE_PREEMPTION_TIMER;
         let proc_req = primary::HLT_EXITING
+            | primary::MWAIT_EXITING
+            | primary::RDPMC_EXITING
+            | primary::CR8_LOAD_EXITING
+            | primary::CR8_STORE_EXITING
+            | primary::MONITOR_EXITING
             | primary::USE_TSC_OFFSETTING
             | primary::USE_IO_BITMAPS
             | primary::USE_MSR_BITMAPS
@@ -430,7 +439,8 @@ impl ControlSet {
                 secondary::ENABLE_XSAVES_XRSTORS,
                 OptionalControl::Xsaves,
             );
-        let exit_req = exit::HOST_ADDRESS_SPACE_SIZE
+        let exit_req = exit::SAVE_DEBUG_CONTROLS
+            | exit::HOST_ADDRESS_SPACE_SIZE
             | exit::ACKNOWLEDGE_INTERRUPT_ON_EXIT
             | exit::SAVE_IA32_PAT
             | exit::LOAD_IA32_PAT
@@ -441,7 +451,7 @@ impl ControlSet {
                 exit::SAVE_PREEMPTION_TIMER,
                 OptionalControl::SavePreemptionTimer,
             );
-        let entry_req = entry::LOAD_IA32_PAT | entry::LOAD_IA32_EFER;
+        let entry_req = entry::LOAD_DEBUG_CONTROLS | entry::LOAD_IA32_PAT | entry::LOAD_IA32_EFER;
 
         let adjust_field = |field: ControlField, requested: u32, cap: u64| {
             adjust(requested, cap).map_err(|missing| ControlError { field, missing })
@@ -580,14 +590,16 @@ mod tests {
                 // 0x69 requested | 0x16 default1.
                 pin: 0x7f,
                 // 0x04006172 | HLT 0x80 | TSC 0x8 | I/O 0x0200_0000 | MSR 0x1000_0000
-                //            | secondary 0x8000_0000.
-                proc: 0x9600_61fa,
+                //            | secondary 0x8000_0000 | MWAIT 0x400 | RDPMC 0x800
+                //            | CR8 load/store 0x18_0000 | MONITOR 0x2000_0000.
+                proc: 0xb618_6dfa,
                 // EPT 0x2 | RDTSCP 0x8 | VPID 0x20 | UG 0x80 | INVPCID 0x1000 | XSAVES 0x10_0000.
                 proc2: 0x0010_10aa,
-                // 0x36dfb | 0x200 | 0x8000 | PAT 0xc_0000 | EFER 0x30_0000 | timer 0x40_0000.
-                exit: 0x007f_effb,
-                // 0x11fb | PAT 0x4000 | EFER 0x8000.
-                entry: 0x0000_d1fb,
+                // 0x36dfb | debug 0x4 | 0x200 | 0x8000 | PAT 0xc_0000 | EFER 0x30_0000
+                //         | timer 0x40_0000.
+                exit: 0x007f_efff,
+                // 0x11fb | debug 0x4 | PAT 0x4000 | EFER 0x8000.
+                entry: 0x0000_d1ff,
             }
         );
         assert!(dropped.is_empty());
@@ -605,7 +617,7 @@ mod tests {
         caps.exit &= !((exit::SAVE_PREEMPTION_TIMER as u64) << 32);
         let (set, dropped) = ControlSet::lazarus(&caps).unwrap();
         assert_eq!(set.proc2, 0x8a);
-        assert_eq!(set.exit, 0x003f_effb);
+        assert_eq!(set.exit, 0x003f_efff);
         assert!(dropped.contains(OptionalControl::Vpid));
         assert!(!dropped.contains(OptionalControl::Rdtscp));
         assert!(dropped.contains(OptionalControl::SavePreemptionTimer));
@@ -666,9 +678,9 @@ mod tests {
     fn ia32e_mode_follows_efer_lma() {
         let (set, _) = ControlSet::lazarus(&skylake()).unwrap();
         // EFER with LME|LMA|SCE|NXE.
-        assert_eq!(set.entry_for_guest_efer(0xd01), 0xd1fb | 0x200);
+        assert_eq!(set.entry_for_guest_efer(0xd01), 0xd1ff | 0x200);
         // LME set but not yet active.
-        assert_eq!(set.entry_for_guest_efer(0x100), 0xd1fb);
+        assert_eq!(set.entry_for_guest_efer(0x100), 0xd1ff);
     }
 
     #[test]
@@ -679,14 +691,14 @@ mod tests {
         assert_eq!(vmcs.read(VmcsField::PinBasedControls), Ok(0x7f));
         assert_eq!(
             vmcs.read(VmcsField::PrimaryProcBasedControls),
-            Ok(0x9600_61fa)
+            Ok(0xb618_6dfa)
         );
         assert_eq!(
             vmcs.read(VmcsField::SecondaryProcBasedControls),
             Ok(0x10_10aa)
         );
-        assert_eq!(vmcs.read(VmcsField::ExitControls), Ok(0x7f_effb));
-        assert_eq!(vmcs.read(VmcsField::EntryControls), Ok(0xd1fb));
+        assert_eq!(vmcs.read(VmcsField::ExitControls), Ok(0x7f_efff));
+        assert_eq!(vmcs.read(VmcsField::EntryControls), Ok(0xd1ff));
         assert_eq!(ControlField::Exit.vmcs_field(), VmcsField::ExitControls);
     }
 

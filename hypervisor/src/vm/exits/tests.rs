@@ -36,8 +36,8 @@ impl Host for FakeHost {
     fn rdtsc(&self) -> u64 {
         0x1234_5678_9abc
     }
-    fn supported_xcr0(&self) -> u64 {
-        0b111
+    fn guest_limits(&self) -> GuestLimits {
+        fake_limits()
     }
     fn tsc_hz(&self) -> u64 {
         50_000_000
@@ -65,10 +65,12 @@ pub(crate) fn exit(reason: ExitReason) -> Exit {
         rflags: 0x2,
         cpl: 0,
         cr0: 0x8000_0031,
+        cr3: 0x1000,
         cr4: 0x2020,
         cr0_shadow: 0x8000_0011,
         cr4_shadow: 0x20,
         efer: 0x500,
+        cs_access_rights: 0xa09b,
         entry_controls: 0x11ff,
         interruption_info: 0,
         vmcs_msr_value: 0,
@@ -412,6 +414,7 @@ fn turning_paging_on_with_lme_enters_long_mode() {
     // MOV to CR0 from RBX: access type 0, CR 0, GPR 3 (qualification bits 11:8).
     let x = Exit {
         qualification: 3 << 8,
+        cr0: 0x31,
         cr0_shadow: 0x11,
         efer: 1 << 8,
         entry_controls: 0x11ff & !(1 << 9),
@@ -426,4 +429,194 @@ fn turning_paging_on_with_lme_enters_long_mode() {
     );
     assert!(writes.contains(&(VmcsField::GuestIa32Efer, (1 << 8) | (1 << 10))));
     assert!(writes.contains(&(VmcsField::EntryControls, 0x11ff | (1 << 9))));
+}
+
+/// The limits of a Skylake-like host: x87, SSE, AVX; CR4 as a Linux guest uses it.
+pub(crate) fn fake_limits() -> GuestLimits {
+    let allowed_cr4 = (0x7ff & !(1 << 6)) | (0b111 << 16) | (0b11 << 20);
+    GuestLimits {
+        xcr0: 0b111,
+        xsave_size: 832,
+        cr4: allowed_cr4,
+        linear_bits: 48,
+        cr0_mask: (1 << 5) | (1 << 29) | (1 << 30),
+        cr4_mask: !allowed_cr4,
+    }
+}
+
+fn is_gp(e: &Effect) -> bool {
+    e.rip_advance == 0 && e.inject.is_some_and(|i| i.info & 0xff == 13)
+}
+
+fn is_ud(e: &Effect) -> bool {
+    e.rip_advance == 0 && e.inject.is_some_and(|i| i.info & 0xff == 6)
+}
+
+fn wrmsr_of(index: u32, value: u64) -> Effect {
+    let mut v = vm();
+    v.vcpu.regs.rcx = u64::from(index);
+    v.vcpu.regs.rax = value & 0xffff_ffff;
+    v.vcpu.regs.rdx = value >> 32;
+    run(ExitReason::Wrmsr, &v)
+}
+
+#[test]
+fn wrmsr_refuses_what_hardware_refuses_with_gp() {
+    let non_canonical = 0x0000_8000_0000_0000;
+    for index in [
+        msr::IA32_SYSENTER_ESP,
+        msr::IA32_SYSENTER_EIP,
+        msr::IA32_FS_BASE,
+        msr::IA32_GS_BASE,
+        msr::IA32_KERNEL_GS_BASE,
+        msr::IA32_LSTAR,
+        msr::IA32_CSTAR,
+    ] {
+        let e = wrmsr_of(index, non_canonical);
+        assert!(is_gp(&e), "{index:#x}");
+        assert!(
+            e.vmcs.is_empty() && e.msrs.is_none(),
+            "{index:#x}: nothing written"
+        );
+        let e = wrmsr_of(index, 0xffff_8000_0000_1000);
+        assert_eq!(e.rip_advance, 2, "{index:#x}: canonical taken");
+    }
+    // PAT with a reserved memory type (2) in one entry.
+    assert!(is_gp(&wrmsr_of(msr::IA32_PAT, 0x0007_0406_0007_0402)));
+    assert_eq!(
+        wrmsr_of(msr::IA32_PAT, 0x0007_0406_0007_0401)
+            .vmcs
+            .as_slice(),
+        &[(VmcsField::GuestIa32Pat, 0x0007_0406_0007_0401)]
+    );
+    // EFER.LME cleared while paging is on (the test exit is in 64-bit mode).
+    assert!(is_gp(&wrmsr_of(msr::IA32_EFER, 0x001)));
+    // Reserved bits of TSC_AUX, FMASK, DEBUGCTL.
+    assert!(is_gp(&wrmsr_of(msr::IA32_TSC_AUX, 1 << 32)));
+    assert_eq!(wrmsr_of(msr::IA32_TSC_AUX, 7).msrs.unwrap().tsc_aux, 7);
+    assert!(is_gp(&wrmsr_of(msr::IA32_FMASK, 1 << 32)));
+    assert!(is_gp(&wrmsr_of(msr::IA32_DEBUGCTL, 1 << 2)));
+    assert_eq!(
+        wrmsr_of(msr::IA32_DEBUGCTL, 2).vmcs.as_slice(),
+        &[(VmcsField::GuestIa32Debugctl, 2)]
+    );
+    // Locked and read-only identification MSRs.
+    assert!(is_gp(&wrmsr_of(msr::IA32_FEATURE_CONTROL, 5)));
+    assert!(is_gp(&wrmsr_of(msr::IA32_PLATFORM_ID, 0)));
+    assert_eq!(wrmsr_of(msr::IA32_BIOS_SIGN_ID, 0).rip_advance, 2);
+}
+
+#[test]
+fn rdmsr_of_the_tsc_is_the_guest_tsc() {
+    let mut v = vm();
+    v.clock_start = 0x1000;
+    v.vcpu.regs.rcx = u64::from(msr::IA32_TSC);
+    let e = run(ExitReason::Rdmsr, &v);
+    assert_eq!((e.regs.rdx << 32) | e.regs.rax, 0x1234_5678_9abc - 0x1000);
+}
+
+#[test]
+fn xsetbv_refuses_partial_avx512_and_bits_not_offered() {
+    let mut v = vm();
+    for bad in [0x27, 0x47, 0x207, 0b1001] {
+        v.vcpu.regs.rax = bad;
+        assert!(is_gp(&run(ExitReason::Xsetbv, &v)), "{bad:#x}");
+    }
+    v.vcpu.regs.rax = 0b11;
+    assert_eq!(run(ExitReason::Xsetbv, &v).xcr0, Some(0b11));
+}
+
+/// MOV to CR`cr` from RBX (qualification: CR in bits 3:0, GPR 3 in bits 11:8).
+fn mov_to_cr(cr: u64, value: u64) -> Effect {
+    let mut v = vm();
+    v.vcpu.regs.rbx = value;
+    let x = Exit {
+        qualification: cr | (3 << 8),
+        ..exit(ExitReason::CrAccess)
+    };
+    handle(&x, &v, &mem(), &FakeHost)
+}
+
+#[test]
+fn cr_writes_hardware_refuses_raise_gp() {
+    // The test exit: 64-bit mode, CR0 = PE|ET|NE|PG (shadow without NE), CR4 = PAE.
+    let cr0 = 0x8000_0011;
+    assert!(is_gp(&mov_to_cr(0, cr0 | (1 << 29))), "NW without CD");
+    assert!(is_gp(&mov_to_cr(0, cr0 & !1)), "PG without PE");
+    assert!(
+        is_gp(&mov_to_cr(0, cr0 & !(1 << 31))),
+        "PG cleared in 64-bit mode"
+    );
+    assert!(is_gp(&mov_to_cr(0, cr0 | 1 << 32)), "bit 32");
+    let e = mov_to_cr(0, cr0 | (3 << 29));
+    assert!(e
+        .vmcs
+        .contains(&(VmcsField::Cr0ReadShadow, cr0 | (3 << 29))));
+    // CR4: VMXE, PKE and CET are not offered; PAE cannot be cleared in IA-32e mode.
+    for bit in [13, 22, 23, 32] {
+        assert!(is_gp(&mov_to_cr(4, 0x20 | 1 << bit)), "CR4 bit {bit}");
+    }
+    assert!(is_gp(&mov_to_cr(4, 0)), "PAE cleared");
+    let e = mov_to_cr(4, 0x20 | (1 << 7));
+    assert!(e.vmcs.contains(&(VmcsField::Cr4ReadShadow, 0xa0)));
+    assert!(
+        e.vmcs.contains(&(VmcsField::GuestCr4, 0x20a0)),
+        "VMXE forced in the real CR4"
+    );
+}
+
+#[test]
+fn cr8_is_per_vcpu() {
+    let e = mov_to_cr(8, 0xa);
+    assert_eq!((e.cr8, e.rip_advance), (Some(0xa), 2));
+    assert!(is_gp(&mov_to_cr(8, 0x10)), "bits 63:4 are reserved");
+    // MOV RSI, CR8 (access type 1): the vCPU's value, not the host's.
+    let mut v = vm();
+    v.vcpu.cr8 = 0x7;
+    v.vcpu.regs.rsi = u64::MAX;
+    let x = Exit {
+        qualification: 8 | (1 << 4) | (6 << 8),
+        ..exit(ExitReason::CrAccess)
+    };
+    let e = handle(&x, &v, &mem(), &FakeHost);
+    assert_eq!((e.regs.rsi, e.rip_advance, e.cr8), (7, 2, None));
+    // Into RSP, which lives in the VMCS.
+    let x = Exit {
+        qualification: 8 | (1 << 4) | (4 << 8),
+        ..exit(ExitReason::CrAccess)
+    };
+    let e = handle(&x, &v, &mem(), &FakeHost);
+    assert_eq!(e.vmcs.as_slice(), &[(VmcsField::GuestRsp, 7)]);
+}
+
+#[test]
+fn hidden_instructions_fault_as_without_the_feature() {
+    let v = vm();
+    assert!(is_ud(&run(ExitReason::Monitor, &v)));
+    assert!(is_ud(&run(ExitReason::Mwait, &v)));
+    assert!(is_gp(&run(ExitReason::Rdpmc, &v)));
+}
+
+#[test]
+fn cpuid_reports_the_guests_own_xsave_state() {
+    let mut v = vm();
+    v.vcpu.regs.rax = 1;
+    // The test exit's CR4 (shadow and real) has no OSXSAVE, although the host's would.
+    assert_eq!(run(ExitReason::Cpuid, &v).regs.rcx & (1 << 27), 0);
+    let x = Exit {
+        cr4: 0x2020 | (1 << 18),
+        ..exit(ExitReason::Cpuid)
+    };
+    let e = handle(&x, &v, &mem(), &FakeHost);
+    assert_ne!(e.regs.rcx & (1 << 27), 0, "OSXSAVE follows the guest's CR4");
+    v.vcpu.regs.rax = 0xd;
+    v.vcpu.regs.rcx = 0;
+    let e = run(ExitReason::Cpuid, &v);
+    assert_eq!((e.regs.rax, e.regs.rdx, e.regs.rcx), (0b111, 0, 832));
+    v.vcpu.regs.rcx = 5;
+    assert_eq!(
+        run(ExitReason::Cpuid, &v).regs.rax,
+        0,
+        "no AVX-512 state offered"
+    );
 }

@@ -288,6 +288,8 @@ impl Vms {
         vm.vcpu.xcr0 = 1;
         vm.vcpu.fpu_saved = 0;
         vm.vcpu.msrs = arena::SwappedMsrs::default();
+        vm.vcpu.cr8 = 0;
+        vm.vcpu.debug = arena::DebugRegisters::INIT;
         vm.devices = crate::devices::Devices::new(self.epoch);
         vm.clock_start = rdtsc();
         vm.window_open = 0;
@@ -510,8 +512,8 @@ pub(super) fn controls_for(
         msr_bitmap,
         eptp,
         vpid: caps.vpid.then_some(vm.id as u16),
-        cr0_mask: cr_owned(caps.cr_fixed[0], caps.cr_fixed[1]) & !((1 << 0) | (1 << 31)),
-        cr4_mask: cr_owned(caps.cr_fixed[2], caps.cr_fixed[3]),
+        cr0_mask: caps.limits.cr0_mask,
+        cr4_mask: caps.limits.cr4_mask,
         // The guest's TSC starts at 0 when the VM does (TSC offsetting, SDM Vol. 3C §26.6.5).
         tsc_offset: 0u64.wrapping_sub(vm.clock_start),
         interrupt_window,
@@ -542,10 +544,4 @@ pub fn host_state() -> HostState {
         pat,
         rip: vmentry::exit_landing(),
     }
-}
-
-/// CR bits whose value VMX operation fixes (fixed0 set: must be 1; fixed1 clear: must
-/// be 0): the guest/host mask owns them so the guest sees only its own view.
-pub(super) fn cr_owned(fixed0: u64, fixed1: u64) -> u64 {
-    (fixed0 | !fixed1) & 0xffff_ffff
 }

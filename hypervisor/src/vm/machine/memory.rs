@@ -97,8 +97,8 @@ impl Host for RealHost<'_> {
     fn rdtsc(&self) -> u64 {
         rdtsc()
     }
-    fn supported_xcr0(&self) -> u64 {
-        self.caps.xcr0
+    fn guest_limits(&self) -> crate::vm::rules::GuestLimits {
+        self.caps.limits
     }
     fn cr_fixed(&self) -> [u64; 4] {
         self.caps.cr_fixed

@@ -98,7 +98,9 @@ pub struct Caps {
     pub controls: crate::vmx::controls::ControlSet,
     /// IA32_VMX_CR0_FIXED0/1, CR4_FIXED0/1.
     pub cr_fixed: [u64; 4],
-    pub xcr0: u64,
+    /// What guests may set, and the XSAVE components switched between VMs (`limits.xcr0`,
+    /// the union of what any VM may enable).
+    pub limits: crate::vm::rules::GuestLimits,
     /// Host TSC frequency in Hz (calibrated at boot): the clock of guest time.
     pub tsc_hz: u64,
     /// Whether IA32_TSC_AUX exists (RDTSCP: CPUID.80000001h:EDX[27]).
@@ -139,11 +141,23 @@ impl Caps {
                 vpid: !dropped.contains(OptionalControl::Vpid),
                 controls,
                 cr_fixed: m.cr_fixed,
-                xcr0,
+                limits: guest_limits(xcr0, m.cr_fixed, tsc_hz),
                 tsc_hz,
                 tsc_aux: raw_cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0,
             },
             dropped,
         ))
     }
+}
+
+/// What guests of this CPU may set ([`crate::vm::rules::GuestLimits::derive`]) from its
+/// CPUID, XCR0 support and VMX fixed CR bits.
+fn guest_limits(host_xcr0: u64, cr_fixed: [u64; 4], tsc_hz: u64) -> crate::vm::rules::GuestLimits {
+    let cpuid = |leaf: u32, subleaf: u32| {
+        let r = raw_cpuid::cpuid!(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    };
+    crate::vm::rules::GuestLimits::derive(host_xcr0, cpuid, cr_fixed, |leaf, limits| {
+        exits::guest_cpuid(leaf, 0, cpuid(leaf, 0), tsc_hz, limits)
+    })
 }

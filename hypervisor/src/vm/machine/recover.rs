@@ -25,7 +25,7 @@ impl Vms {
         let root = unsafe { &mut *(arena.start as *mut ArenaRoot) };
         root.validate_header(arena.start, arena.len())
             .map_err(StartError::Arena)?;
-        save_live_guest_state(root);
+        save_live_guest_state(root, caps.limits.xcr0);
         vmx::enable_xsave();
         // SAFETY: as in `start`. A failure path that could not run VMXOFF (it failed
         // itself) leaves the CPU in VMX operation: VMXON then fails with error 15, and
@@ -211,10 +211,11 @@ impl Vms {
     }
 }
 
-/// The FPU/SSE/AVX registers and the swapped MSRs still hold the state of the VM that
-/// was current when the hypervisor failed (the host never touches them, and a microreboot
-/// does not reset them): save them into its record before anything else can.
-fn save_live_guest_state(root: &mut ArenaRoot) {
+/// The FPU/SSE/AVX registers, the debug registers and the swapped MSRs still hold the
+/// state of the VM that was current when the hypervisor failed (the host never touches
+/// them, and a microreboot does not reset them): save them into its record before
+/// anything else can. `all`: the XSAVE components switched between VMs.
+fn save_live_guest_state(root: &mut ArenaRoot, all: u64) {
     let Some(slot) = (root.fpu_owner as usize).checked_sub(1) else {
         return;
     };
@@ -226,7 +227,7 @@ fn save_live_guest_state(root: &mut ArenaRoot) {
         return;
     }
     let vm = &mut root.vms[slot];
-    save_fpu(vm);
+    save_guest_registers(vm, all);
     // SAFETY: the MSR exists on every x86-64 CPU; reading it has no side effect.
     vm.vcpu.msrs.kernel_gs_base =
         unsafe { crate::arch::instructions::rdmsr(exits::msr::IA32_KERNEL_GS_BASE) };

@@ -368,7 +368,7 @@ impl Vms {
         }
         if let Some(p) = self.current.filter(|&p| p != next) {
             let vm = &mut self.root.vms[p];
-            save_fpu(vm);
+            save_guest_registers(vm, self.caps.limits.xcr0);
             // From here the registers may hold either VM's state: recovery must not save
             // them into `p`'s record (see `fpu_owner`).
             self.root.fpu_owner = 0;
@@ -389,7 +389,7 @@ impl Vms {
         if let Err(e) = unsafe { vmx::vmptrld(vm.vcpu.vmcs) } {
             vmx_failure("VMPTRLD", vm, e);
         }
-        restore_fpu(vm, self.caps.xcr0);
+        restore_guest_registers(vm, self.caps.limits.xcr0);
         load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         self.current = Some(next);
         self.root.fpu_owner = next as u32 + 1;
@@ -451,10 +451,12 @@ pub(super) fn read_exit(
         rflags: v.read(F::GuestRflags)?,
         cpl: ((v.read(F::GuestSsAccessRights)? >> 5) & 3) as u8,
         cr0: v.read(F::GuestCr0)?,
+        cr3: v.read(F::GuestCr3)?,
         cr4: v.read(F::GuestCr4)?,
         cr0_shadow: v.read(F::Cr0ReadShadow)?,
         cr4_shadow: v.read(F::Cr4ReadShadow)?,
         efer: v.read(F::GuestIa32Efer)?,
+        cs_access_rights: v.read(F::GuestCsAccessRights)?,
         entry_controls: v.read(F::EntryControls)?,
         interruption_info: v.read(F::ExitInterruptionInfo)? as u32,
         vmcs_msr_value: 0,
@@ -502,32 +504,52 @@ pub(super) fn load_swapped_msrs(m: &arena::SwappedMsrs, caps: &Caps) {
     }
 }
 
-/// Saves the guest FPU/SSE/AVX state of `vm` (it is live in the registers while the VM
-/// is current, since the host never touches it).
-pub(super) fn save_fpu(vm: &mut VmRecord) {
+/// Saves the guest state that is live in the registers while `vm` is current and that
+/// the VMCS does not switch (the host never touches it): FPU/SSE/AVX and the debug
+/// registers DR0-DR3, DR6.
+///
+/// The FPU state is saved under an XCR0 of `all`, the union of the components any VM
+/// may enable, whatever the VM's own XCR0: XSAVE saves only components enabled in XCR0,
+/// and SSE registers work with XCR0 = 1, so saving under the guest's XCR0 would leave
+/// its XMM registers behind for the next VM to read. Saving and restoring every
+/// component also keeps XSTATE_BV within what XRSTOR accepts when the guest later
+/// lowers its XCR0 (SDM Vol. 1 §13.8.1: XRSTOR #GPs on an XSTATE_BV bit outside XCR0).
+pub(super) fn save_guest_registers(vm: &mut VmRecord, all: u64) {
+    let (dr, dr6) = crate::arch::instructions::debug_registers();
+    vm.vcpu.debug = arena::DebugRegisters { dr, dr6 };
     if vm.vcpu.xsave == 0 || !xsave_enabled() {
         return;
     }
-    // SAFETY: the XSAVE area is this VM's arena page; XCR0 holds the VM's value.
-    unsafe { vmx::xsave(vm.vcpu.xsave, u64::MAX) };
+    // SAFETY: `all` is a valid XCR0 (GuestLimits::derive keeps the component groups
+    // whole); the XSAVE area is this VM's arena page, large enough for `all`.
+    unsafe {
+        vmx::xsetbv(all);
+        vmx::xsave(vm.vcpu.xsave, all);
+    }
     vm.vcpu.fpu_saved = 1;
 }
 
-/// Makes `vm`'s XCR0 and FPU state live (a zeroed area restores the init state).
-pub(super) fn restore_fpu(vm: &mut VmRecord, supported: u64) {
+/// Makes `vm`'s FPU state (under XCR0 = `all`, see [`save_guest_registers`]), its own
+/// XCR0 and its debug registers live. A zeroed area restores the init state.
+pub(super) fn restore_guest_registers(vm: &mut VmRecord, all: u64) {
+    let d = vm.vcpu.debug;
+    // DR6 bits 63:32 are reserved (#GP if set): an arena record is not trusted with them.
+    // SAFETY: see `set_debug_registers`; DR6 is masked to 32 bits.
+    unsafe { crate::arch::instructions::set_debug_registers(d.dr, d.dr6 & 0xffff_ffff) };
     if vm.vcpu.xsave == 0 || !xsave_enabled() {
         return;
     }
-    let xcr0 = if vm.vcpu.xcr0 & !supported == 0 && vm.vcpu.xcr0 & 1 != 0 {
+    let xcr0 = if crate::vm::rules::valid_xcr0(vm.vcpu.xcr0, all) {
         vm.vcpu.xcr0
     } else {
         1
     };
-    // SAFETY: xcr0 was validated against the CPU's supported set; the area is the VM's
-    // own page, either written by XSAVE or zeroed (XSTATE_BV = 0: init state).
+    // SAFETY: `all` and `xcr0` are valid XCR0 values (checked above); the area is the
+    // VM's own page, written by XSAVE under `all` or zeroed (XSTATE_BV = 0: init state).
     unsafe {
+        vmx::xsetbv(all);
+        vmx::xrstor(vm.vcpu.xsave, all);
         vmx::xsetbv(xcr0);
-        vmx::xrstor(vm.vcpu.xsave, u64::MAX);
     }
 }
 
