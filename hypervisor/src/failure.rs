@@ -23,6 +23,14 @@ pub enum Failure<'a> {
         vm: &'a str,
         error: crate::vmx::fields::VmxError,
     },
+    /// A VM exit that the VM's controls cannot produce (they were corrupted), or a failed
+    /// VM entry reported as an exit (invalid guest state, MSR loading, machine check).
+    Exit {
+        vm: &'a str,
+        reason: crate::vmx::exit::ExitReason,
+        qualification: u64,
+        entry_failed: bool,
+    },
     /// A check found the arena inconsistent.
     Arena {
         what: &'a str,
@@ -47,7 +55,7 @@ impl Failure<'_> {
         match self {
             Failure::Panic(_) => (Cause::Panic, 0),
             Failure::Exception { vector, .. } => (Cause::Exception, *vector),
-            Failure::Vmx { .. } => (Cause::Vmx, 0),
+            Failure::Vmx { .. } | Failure::Exit { .. } => (Cause::Vmx, 0),
             Failure::Arena { .. } => (Cause::Arena, 0),
             Failure::Hang { .. } => (Cause::Hang, 0),
             Failure::Image { .. } => (Cause::Image, 0),
@@ -77,6 +85,26 @@ impl fmt::Display for Failure<'_> {
             Failure::Vmx { what, vm, error } => write!(
                 f,
                 "hypervisor failure: vmx: {what} failed for vm {vm}: {error}"
+            ),
+            Failure::Exit {
+                vm,
+                reason,
+                qualification,
+                entry_failed: true,
+            } => write!(
+                f,
+                "hypervisor failure: vmx: VM entry failed for vm {vm}: exit reason {} ({reason}), qualification {qualification:#x}",
+                reason.basic()
+            ),
+            Failure::Exit {
+                vm,
+                reason,
+                qualification,
+                entry_failed: false,
+            } => write!(
+                f,
+                "hypervisor failure: vmx: vm {vm} exited for reason {} ({reason}), qualification {qualification:#x}, which its controls cannot produce (the VMCS's controls are corrupt)",
+                reason.basic()
             ),
             Failure::Arena { what, error } => {
                 write!(f, "hypervisor failure: arena check ({what}): {error}")

@@ -489,6 +489,74 @@ impl ControlSet {
     }
 }
 
+impl ControlSet {
+    /// Whether a VM running under these controls can exit for `reason`: the exits that
+    /// are unconditional (SDM Vol. 3C §26.1.2 for instructions, §26.2 for events: CPUID,
+    /// GETSEC, INVD, XSETBV, the VMX instructions, triple fault, INIT, task switch,
+    /// SEAMCALL, TDCALL), and those a control in the set enables (§26.1.3, §25.6). Any
+    /// other exit means the VMCS's controls are not these: they were corrupted under the
+    /// VM, a hypervisor failure (campaign findings 11 and 12), never the guest's doing.
+    /// VM-entry failures are not exits and are judged apart.
+    pub fn can_exit_for(&self, reason: super::exit::ExitReason) -> bool {
+        use super::exit::ExitReason as R;
+        let proc = |bit: u32| self.proc & bit != 0;
+        let proc2 = |bit: u32| proc(primary::ACTIVATE_SECONDARY_CONTROLS) && self.proc2 & bit != 0;
+        match reason {
+            R::Cpuid
+            | R::Getsec
+            | R::Invd
+            | R::Xsetbv
+            | R::Vmcall
+            | R::Vmclear
+            | R::Vmlaunch
+            | R::Vmptrld
+            | R::Vmptrst
+            | R::Vmread
+            | R::Vmresume
+            | R::Vmwrite
+            | R::Vmxoff
+            | R::Vmxon
+            | R::Invept
+            | R::Invvpid
+            | R::TripleFault
+            | R::Init
+            | R::TaskSwitch
+            | R::Seamcall
+            | R::Tdcall => true,
+            // NMIs always exit with NMI exiting; exceptions per the bitmap (empty).
+            R::ExceptionOrNmi => self.pin & pin::NMI_EXITING != 0,
+            R::ExternalInterrupt => self.pin & pin::EXTERNAL_INTERRUPT_EXITING != 0,
+            R::PreemptionTimer => self.pin & pin::ACTIVATE_PREEMPTION_TIMER != 0,
+            // Turned on and off at run time while an interrupt waits.
+            R::InterruptWindow => true,
+            R::NmiWindow => proc(primary::NMI_WINDOW_EXITING),
+            R::Hlt => proc(primary::HLT_EXITING),
+            R::Invlpg => proc(primary::INVLPG_EXITING),
+            R::Rdpmc => proc(primary::RDPMC_EXITING),
+            R::Rdtsc => proc(primary::RDTSC_EXITING),
+            R::Rdtscp => proc(primary::RDTSC_EXITING) && proc2(secondary::ENABLE_RDTSCP),
+            // The CR0/CR4 masks always own some bits; CR8 exits with its controls.
+            R::CrAccess => true,
+            R::MovDr => proc(primary::MOV_DR_EXITING),
+            R::Io => proc(primary::USE_IO_BITMAPS | primary::UNCONDITIONAL_IO_EXITING),
+            // Without MSR bitmaps every access exits; with them, the bitmaps decide.
+            R::Rdmsr | R::Wrmsr => true,
+            R::Mwait => proc(primary::MWAIT_EXITING),
+            R::MonitorTrapFlag => proc(primary::MONITOR_TRAP_FLAG),
+            R::Monitor => proc(primary::MONITOR_EXITING),
+            R::Pause => proc(primary::PAUSE_EXITING),
+            R::EptViolation | R::EptMisconfiguration => proc2(secondary::ENABLE_EPT),
+            R::Wbinvd => proc2(secondary::WBINVD_EXITING),
+            R::GdtrIdtrAccess | R::LdtrTrAccess => proc2(secondary::DESCRIPTOR_TABLE_EXITING),
+            R::Invpcid => proc(primary::INVLPG_EXITING) && proc2(secondary::ENABLE_INVPCID),
+            // Everything else needs a control Lazarus never defines or sets (SMIs under the
+            // dual-monitor treatment, APIC virtualization, VM functions, SGX, PML, user
+            // wait, ...), or is no exit reason at all.
+            _ => false,
+        }
+    }
+}
+
 /// CR0.PE, CR0.NE, CR0.PG and CR4.VMXE (SDM Vol. 3A §2.5, "Control Registers").
 pub const CR0_PE: u64 = 1 << 0;
 pub const CR0_NE: u64 = 1 << 5;
@@ -681,6 +749,58 @@ mod tests {
         assert_eq!(set.entry_for_guest_efer(0xd01), 0xd1ff | 0x200);
         // LME set but not yet active.
         assert_eq!(set.entry_for_guest_efer(0x100), 0xd1ff);
+    }
+
+    #[test]
+    fn exits_the_controls_cannot_produce_are_named() {
+        use crate::vmx::exit::ExitReason as R;
+        let (set, _) = ControlSet::lazarus(&skylake()).unwrap();
+        for reason in [
+            R::Cpuid,
+            R::Hlt,
+            R::Io,
+            R::Rdmsr,
+            R::CrAccess,
+            R::Xsetbv,
+            R::EptViolation,
+            R::PreemptionTimer,
+            R::ExternalInterrupt,
+            R::ExceptionOrNmi,
+            R::InterruptWindow,
+            R::Monitor,
+            R::Mwait,
+            R::Rdpmc,
+            R::TaskSwitch,
+            R::Vmxon,
+        ] {
+            assert!(set.can_exit_for(reason), "{reason}");
+        }
+        for reason in [
+            R::MonitorTrapFlag,
+            R::NmiWindow,
+            R::Invlpg,
+            R::Rdtsc,
+            R::Rdtscp,
+            R::MovDr,
+            R::Pause,
+            R::Wbinvd,
+            R::GdtrIdtrAccess,
+            R::ApicAccess,
+            R::Vmfunc,
+            R::PmlFull,
+            R::Xsaves,
+            R::IoSmi,
+            R::Sipi,
+            R::Unknown(99),
+        ] {
+            assert!(!set.can_exit_for(reason), "{reason}");
+        }
+        // A control that is set makes its exit possible.
+        let mtf = ControlSet {
+            proc: set.proc | primary::MONITOR_TRAP_FLAG,
+            ..set
+        };
+        assert!(mtf.can_exit_for(R::MonitorTrapFlag));
     }
 
     #[test]

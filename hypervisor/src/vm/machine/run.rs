@@ -86,30 +86,21 @@ impl Vms {
             Ok(exit) => exit,
             Err(e) => vmx_failure("VMREAD of the exit information", vm, e),
         };
-        if exit.entry_failed {
-            log::error!(
-                "vm {}: VM entry failed: exit reason {}",
-                vm.name(),
-                exit.exit.reason.name()
-            );
-            vmx_failure(
-                "VM entry (invalid guest state or MSR loading)",
-                vm,
-                VmxError::VmFailInvalid,
-            );
+        let unexpected = !caps.controls.can_exit_for(exit.exit.reason);
+        if exit.entry_failed || unexpected {
+            // A VM entry that fails on guest state means Lazarus's own state went wrong:
+            // every value a guest can write is checked where it enters (`vm::rules`).
+            // An exit the controls cannot produce means the VMCS's controls were changed
+            // under the VM (campaign findings 11, 12). Both are hypervisor failures:
+            // recovery rewrites the controls, and the exit, not handled, is rolled back.
+            failure::fail(&Failure::Exit {
+                vm: vm.name(),
+                reason: exit.exit.reason,
+                qualification: exit.exit.qualification,
+                entry_failed: exit.entry_failed,
+            });
         }
         let exit = exit.exit;
-        if exit.reason == ExitReason::MonitorTrapFlag {
-            // Lazarus never sets the monitor-trap-flag control (SDM Vol. 3C §26.5.2): this
-            // exit means the VM's controls were changed under it, a hypervisor fault, not
-            // the guest's (campaign finding 11). Recovery rewrites the controls and the
-            // exit, not yet handled, is rolled back.
-            vmx_failure(
-                "VM exit for the monitor trap flag, which Lazarus never sets (the VM's execution controls are corrupt)",
-                vm,
-                VmxError::VmFailInvalid,
-            );
-        }
         if exit.reason == ExitReason::ExceptionOrNmi && is_nmi(exit.interruption_info) {
             crate::watchdog::on_guest_nmi_exit();
         }
