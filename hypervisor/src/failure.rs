@@ -31,6 +31,12 @@ pub enum Failure<'a> {
         qualification: u64,
         entry_failed: bool,
     },
+    /// A consistency check of the run loop failed: the exit or the handler's decision
+    /// changed under the hypervisor (recorded as an arena-check cause).
+    Check {
+        what: &'a str,
+        vm: &'a str,
+    },
     /// A check found the arena inconsistent.
     Arena {
         what: &'a str,
@@ -56,7 +62,7 @@ impl Failure<'_> {
             Failure::Panic(_) => (Cause::Panic, 0),
             Failure::Exception { vector, .. } => (Cause::Exception, *vector),
             Failure::Vmx { .. } | Failure::Exit { .. } => (Cause::Vmx, 0),
-            Failure::Arena { .. } => (Cause::Arena, 0),
+            Failure::Arena { .. } | Failure::Check { .. } => (Cause::Arena, 0),
             Failure::Hang { .. } => (Cause::Hang, 0),
             Failure::Image { .. } => (Cause::Image, 0),
         }
@@ -108,6 +114,9 @@ impl fmt::Display for Failure<'_> {
             ),
             Failure::Arena { what, error } => {
                 write!(f, "hypervisor failure: arena check ({what}): {error}")
+            }
+            Failure::Check { what, vm } => {
+                write!(f, "hypervisor failure: check: {what} (vm {vm})")
             }
             Failure::Image { address } => write!(
                 f,

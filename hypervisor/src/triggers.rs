@@ -45,10 +45,14 @@ pub enum Trigger {
     /// changed: [`overwrite_header`]), then a panic: the failure path must restore the
     /// header's fixed fields from the recovery anchor and recover as usual.
     ArenaHeader,
+    /// One bit of the next VM exit's guest RIP flipped after the exit was read, as a
+    /// flipped frame pointer would show the run loop another exit (campaign finding 14):
+    /// the check before the commit must catch it (armed; fires at the next VM exit).
+    ExitFlip,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 15] = [
+    pub const ALL: [Trigger; 16] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -64,6 +68,7 @@ impl Trigger {
         Trigger::MidCommit,
         Trigger::CodeFlip,
         Trigger::ArenaHeader,
+        Trigger::ExitFlip,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -84,6 +89,7 @@ impl Trigger {
             Trigger::MidCommit => "mid-commit",
             Trigger::CodeFlip => "code-flip",
             Trigger::ArenaHeader => "arena-header",
+            Trigger::ExitFlip => "exit-flip",
         }
     }
 
@@ -109,6 +115,7 @@ impl Trigger {
 static ARMED_VMCS_HOST: AtomicBool = AtomicBool::new(false);
 static ARMED_MID_EXIT: AtomicBool = AtomicBool::new(false);
 static ARMED_MID_COMMIT: AtomicBool = AtomicBool::new(false);
+static ARMED_EXIT_FLIP: AtomicBool = AtomicBool::new(false);
 
 /// Arms `vmcs-host` or `mid-exit`; false for a trigger that is not armed but fired.
 pub fn arm(trigger: Trigger) -> bool {
@@ -116,6 +123,7 @@ pub fn arm(trigger: Trigger) -> bool {
         Trigger::VmcsHost => ARMED_VMCS_HOST.store(true, Ordering::SeqCst),
         Trigger::MidExit => ARMED_MID_EXIT.store(true, Ordering::SeqCst),
         Trigger::MidCommit => ARMED_MID_COMMIT.store(true, Ordering::SeqCst),
+        Trigger::ExitFlip => ARMED_EXIT_FLIP.store(true, Ordering::SeqCst),
         _ => return false,
     }
     true
@@ -132,6 +140,10 @@ pub fn take_mid_commit() -> bool {
 }
 
 /// Whether `mid-exit` is armed; disarms it.
+pub fn take_exit_flip() -> bool {
+    ARMED_EXIT_FLIP.swap(false, Ordering::SeqCst)
+}
+
 pub fn take_mid_exit() -> bool {
     ARMED_MID_EXIT.swap(false, Ordering::SeqCst)
 }
@@ -191,7 +203,7 @@ pub fn fire(trigger: Trigger) {
                 core::ptr::write_volatile(target, core::ptr::read_volatile(target) ^ 0x10)
             });
         }
-        Trigger::VmcsHost | Trigger::MidExit | Trigger::MidCommit => {
+        Trigger::VmcsHost | Trigger::MidExit | Trigger::MidCommit | Trigger::ExitFlip => {
             arm(trigger);
         }
         Trigger::Hang => {
@@ -246,10 +258,11 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header exit-flip"
         );
         assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
-        assert_eq!(Trigger::from_number(15), None);
+        assert_eq!(Trigger::from_number(15), Some(Trigger::ExitFlip));
+        assert_eq!(Trigger::from_number(16), None);
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
             assert_eq!(

@@ -80,7 +80,7 @@ fn fire(m: &mut Machine, kind: &str, cause: &str, number: u64) -> Recovery {
             r"^trigger: vmcs-host armed: fires at the next VM entry$",
             RECOVERY,
         ),
-        "mid-exit" | "mid-commit" => m.expect_line(
+        "mid-exit" | "mid-commit" | "exit-flip" => m.expect_line(
             &format!(r"^trigger: {kind} armed: fires at the next VM exit$"),
             RECOVERY,
         ),
@@ -96,6 +96,10 @@ fn fire(m: &mut Machine, kind: &str, cause: &str, number: u64) -> Recovery {
         "panic" => r"panic at \S+:\d+:\d+: .+".to_string(),
         "vmx" => r"vmx: .+ failed for vm [a-z0-9_-]+: .+".to_string(),
         "hang" => r"hang: no progress for \d+ ms \(rip=0x[0-9a-f]+\)$".to_string(),
+        "arena" if kind == "exit-flip" => {
+            r"check: the VM exit changed between its read and its commit \(vm (?:alpha|beta)\)$"
+                .to_string()
+        }
         c if c.starts_with("exception#") => {
             format!(
                 r"exception #{} .+ \(vector \d+\) ",
@@ -334,7 +338,7 @@ fn a_failed_recovery_is_retried_and_a_corrupt_vm_is_stopped_alone() {
 }
 
 #[test]
-fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit() {
+fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit_and_a_changed_exit() {
     let dir = work_dir("recovery_testguest");
     let guest = test_guest();
     let modules: [(&Path, &str); 2] = [
@@ -360,13 +364,23 @@ fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit() {
         commit.line
     );
     count_on(&mut m, 3);
+    // The exit changes after it was read (as a flipped frame pointer shows the run loop
+    // another exit): caught before its commit, rolled back, re-executed.
+    let flip = fire(&mut m, "exit-flip", "arena", 4);
+    assert_eq!(
+        flip.get("exits"),
+        1,
+        "the changed exit is rolled back: {}",
+        flip.line
+    );
+    count_on(&mut m, 3);
 
-    for r in [&panic, &mid, &commit] {
+    for r in [&panic, &mid, &commit, &flip] {
         assert_eq!(r.get("attempts"), 1, "{}", r.line);
         assert_eq!(r.get("stopped"), 0, "{}", r.line);
     }
     both_still_running(&mut m);
-    recovery_command(&mut m, &[panic, mid, commit]);
+    recovery_command(&mut m, &[panic, mid, commit, flip]);
 }
 
 /// Boots two test guests; `beta` fires `trigger=recovery-fail` with `count` through the

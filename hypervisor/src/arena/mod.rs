@@ -198,6 +198,9 @@ pub struct Journal {
     pub exit_seq: u64,
     /// Guest RIP when the exit happened (what a rolled-back exit re-executes).
     pub rip_at_exit: u64,
+    /// [`crate::vm::exits::Exit::digest`] of the exit as read from the VMCS: checked
+    /// again before the commit.
+    pub exit_digest: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,6 +403,7 @@ impl VmRecord {
                 exit_reason: 0,
                 exit_seq: 0,
                 rip_at_exit: 0,
+                exit_digest: 0,
             },
             xcr0: 1,
             fpu_saved: 0,

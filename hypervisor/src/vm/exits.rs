@@ -48,6 +48,48 @@ pub struct Exit {
     pub now_ns: u64,
 }
 
+impl Exit {
+    /// A digest of every field: the run loop keeps it in the arena when it reads the exit
+    /// and checks it again before the commit, so that an exit corrupted on the stack in
+    /// between (a flipped frame pointer shifts every local: campaign finding 14) is a
+    /// detected hypervisor failure, which re-executes the exit, not a wrong decision
+    /// silently applied to the VM.
+    pub fn digest(&self) -> u64 {
+        let words = [
+            u64::from(self.reason.basic()),
+            self.qualification,
+            self.instruction_len,
+            self.guest_physical,
+            self.rip,
+            self.rsp,
+            self.rflags,
+            u64::from(self.cpl),
+            self.cr0,
+            self.cr3,
+            self.cr4,
+            self.cr0_shadow,
+            self.cr4_shadow,
+            self.efer,
+            self.cs_access_rights,
+            self.entry_controls,
+            u64::from(self.interruption_info),
+            self.vmcs_msr_value,
+            self.now_ns,
+        ];
+        digest_words(&words)
+    }
+}
+
+/// FNV-1a over the little-endian bytes of `words` (any change of any bit changes it).
+pub fn digest_words(words: &[u64]) -> u64 {
+    words
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
 /// Guest memory as a handler may see it: read-only, bounded by the VM's RAM.
 pub trait GuestMemory {
     /// `len` bytes at guest-physical `gpa`, or None if any of them is outside RAM.
@@ -137,6 +179,25 @@ pub struct Effect {
 }
 
 impl Effect {
+    /// Whether the effect takes the VM out of its normal course (stop, reset, reboot,
+    /// halt, power off): a decision worth computing twice before it is applied.
+    pub fn is_drastic(&self) -> bool {
+        !matches!(
+            self.outcome,
+            Outcome::Resume | Outcome::Yield | Outcome::Wait
+        )
+    }
+
+    /// Whether `other` decides the same for the guest: outcome, registers, RIP, VMCS
+    /// writes and injected event.
+    pub fn same_decision(&self, other: &Effect) -> bool {
+        self.outcome == other.outcome
+            && self.regs == other.regs
+            && self.rip_advance == other.rip_advance
+            && self.vmcs == other.vmcs
+            && self.inject == other.inject
+    }
+
     pub(crate) fn new(regs: &GuestRegisters) -> Self {
         Self {
             regs: *regs,

@@ -124,6 +124,7 @@ fn rolled_back_exit_keeps_its_journal_for_the_guest_state_check() {
         exit_reason: 30,
         exit_seq: 1234,
         rip_at_exit: 0xffff_ffff_8100_0010,
+        exit_digest: 0,
     };
     let r = roll_back_exits(&mut root);
     assert_eq!(
@@ -210,12 +211,14 @@ fn committed_and_in_guest_journals_are_untouched_but_launched_is_cleared() {
         exit_reason: 12,
         exit_seq: 9,
         rip_at_exit: 0x1000,
+        exit_digest: 0,
     };
     root.vms[b].vcpu.journal = Journal {
         phase: Phase::InGuest as u32,
         exit_reason: 1,
         exit_seq: 10,
         rip_at_exit: 0x2000,
+        exit_digest: 0,
     };
     let (ja, jb) = (root.vms[a].vcpu.journal, root.vms[b].vcpu.journal);
     root.vms[a].vcpu.launched = 1;

@@ -620,3 +620,55 @@ fn cpuid_reports_the_guests_own_xsave_state() {
         "no AVX-512 state offered"
     );
 }
+
+#[test]
+fn the_exit_digest_changes_with_any_field() {
+    let x = exit(ExitReason::Hlt);
+    let d = x.digest();
+    assert_eq!(d, exit(ExitReason::Hlt).digest(), "deterministic");
+    let changed = [
+        Exit {
+            rip: x.rip ^ 0x40,
+            ..x
+        },
+        Exit {
+            reason: ExitReason::ExceptionOrNmi,
+            ..x
+        },
+        Exit {
+            cr0: x.cr0 ^ 1,
+            ..x
+        },
+        Exit { now_ns: 1, ..x },
+        Exit {
+            cs_access_rights: 0,
+            ..x
+        },
+        Exit {
+            interruption_info: 1 << 31,
+            ..x
+        },
+    ];
+    for c in changed {
+        assert_ne!(c.digest(), d, "{c:?}");
+    }
+}
+
+#[test]
+fn drastic_decisions_are_recognised_and_compared() {
+    let v = vm();
+    let halt = run(ExitReason::Hlt, &v);
+    assert!(halt.is_drastic(), "HLT with interrupts off halts the VM");
+    assert!(halt.same_decision(&run(ExitReason::Hlt, &v)));
+    let stop = run(ExitReason::Rsm, &v);
+    assert!(stop.is_drastic());
+    assert!(!stop.same_decision(&halt));
+    assert!(!run(ExitReason::Cpuid, &v).is_drastic());
+    assert!(!run(ExitReason::PreemptionTimer, &v).is_drastic());
+    // Another RIP in the exit makes another stop reason.
+    let x = Exit {
+        rip: 0x8,
+        ..exit(ExitReason::Rsm)
+    };
+    assert!(!handle(&x, &v, &mem(), &FakeHost).same_decision(&stop));
+}

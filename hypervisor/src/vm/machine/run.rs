@@ -109,6 +109,16 @@ impl Vms {
         j.exit_seq += 1;
         j.exit_reason = u32::from(exit.reason.basic());
         j.rip_at_exit = exit.rip;
+        j.exit_digest = exit.digest();
+        let mut exit = exit;
+        if crate::triggers::take_exit_flip() {
+            log::warn!(
+                "trigger: exit-flip: flipping bit 6 of exit {}'s guest RIP in vm {}",
+                vm.vcpu.journal.exit_seq,
+                vm.name()
+            );
+            exit.rip ^= 1 << 6;
+        }
         vm.stats.exits += 1;
         vm.stats.by_reason[exit.reason.index()] += 1;
         if exit.reason == ExitReason::ExternalInterrupt {
@@ -119,6 +129,7 @@ impl Vms {
             triggers: self.triggers,
         };
         let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
+        confirm_decision(&exit, vm, &effect, &host);
         if crate::triggers::take_mid_exit() {
             panic!(
                 "trigger: deliberate panic in the middle of exit {} ({}) of vm {}",
@@ -384,6 +395,28 @@ impl Vms {
         load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         self.current = Some(next);
         self.root.fpu_owner = next as u32 + 1;
+    }
+}
+
+/// Checks the exit and the handler's decision before they are committed (campaign
+/// finding 14: a flipped frame pointer made the run loop read a shifted, garbage exit,
+/// and the VM was stopped for an exception it never had). The exit must still match the
+/// digest taken when it was read; and a drastic decision (stopping, resetting or halting
+/// the VM) is computed a second time, which the handlers, pure functions of what they
+/// are given, must repeat exactly. Either failing is a hypervisor failure: nothing is
+/// committed yet, so recovery re-executes the exit.
+fn confirm_decision(exit: &Exit, vm: &VmRecord, effect: &exits::Effect, host: &RealHost) {
+    let failed = |what| {
+        failure::fail(&Failure::Check {
+            what,
+            vm: vm.name(),
+        })
+    };
+    if exit.digest() != vm.vcpu.journal.exit_digest {
+        failed("the VM exit changed between its read and its commit");
+    }
+    if effect.is_drastic() && !exits::handle(exit, vm, &Ram::of(vm), host).same_decision(effect) {
+        failed("the exit handler decided differently when asked again");
     }
 }
 
