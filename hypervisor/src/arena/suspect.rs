@@ -16,8 +16,10 @@
 //! milliseconds (a VM that breaks every entry fails three times in well under a second,
 //! even in Bochs) while unrelated failures, even in a fault-injection campaign, come far
 //! less often than three a window to the same VM. The window opens at a VM's first
-//! failure and closes 10 s later: a VM that then runs a whole window without failing
-//! starts afresh, so at most two failures in any 10 s are forgiven.
+//! failure and closes 10 s later; the next failure opens a new one, so a VM that runs a
+//! whole window without failing starts afresh. Windows are fixed, not sliding: at most
+//! two failures a window are forgiven, and a VM is stopped at the latest by its fourth
+//! failure within any 10 s (a third can fall just after a window closed, into a new one).
 //!
 //! Time is host TSC ticks at the rate measured at cold boot (the arena's boot record,
 //! `BootRecord::tsc_hz`, the same value as `Caps::tsc_hz`), clamped to a plausible range
