@@ -65,6 +65,19 @@ fn a_whole_window_without_failures_forgives_everything() {
 }
 
 #[test]
+fn windows_are_fixed_so_the_fourth_failure_within_any_window_is_the_last() {
+    let mut r = SuspectRecord::EMPTY;
+    r.note(0, W);
+    r.note(W - 1, W);
+    // Three failures within 3 ticks, but across two windows: not yet.
+    assert_eq!(r.note(W, W), 1);
+    assert_eq!(r.note(W + 1, W), 2);
+    assert!(!r.exhausted());
+    assert_eq!(r.note(W + 2, W), 3);
+    assert!(r.exhausted());
+}
+
+#[test]
 fn records_that_cannot_be_believed_are_not_sane_and_start_afresh() {
     let now = 10 * W;
     let good = SuspectRecord {
