@@ -33,7 +33,10 @@ pub enum Hypercall {
     /// committed (RAX = 0, RIP past VMCALL), the hypervisor fails on purpose with failure
     /// trigger number `kind` ([`TRIGGERS`]); `count` is how many recoveries in a row the
     /// `recovery-fail` trigger makes fail (1 for the others). [`Error::Invalid`] for an
-    /// unknown kind or a count of 0 or over 8.
+    /// unknown kind or a count of 0 or over 8. `bad-entry` is the exception: nothing
+    /// fails at once, but every later VM entry of the calling VM fails (each a hypervisor
+    /// failure with this VM in flight), so the call never returns to the guest: recovery
+    /// stops the VM after a bounded number of failures (README, "Recovery").
     Trigger = 4,
     /// `inject(type, seed)`: for tests only, and only when the hypervisor was booted
     /// with `inject=on` (otherwise [`Error::Unknown`]): arms the fault injector with fault
@@ -47,8 +50,9 @@ pub enum Hypercall {
 pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "hang", "lock"];
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
-/// console's `trigger KIND`).
-pub const TRIGGERS: [&str; 16] = [
+/// console's `trigger KIND`). Number 15, `bad-entry`, makes every later VM entry of the
+/// calling VM fail; 16, `exit-flip`, changes the next exit after it was read.
+pub const TRIGGERS: [&str; 17] = [
     "panic",
     "pf",
     "gp",
@@ -64,6 +68,7 @@ pub const TRIGGERS: [&str; 16] = [
     "mid-commit",
     "code-flip",
     "arena-header",
+    "bad-entry",
     "exit-flip",
 ];
 

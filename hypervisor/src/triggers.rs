@@ -45,6 +45,11 @@ pub enum Trigger {
     /// changed: [`overwrite_header`]), then a panic: the failure path must restore the
     /// header's fixed fields from the recovery anchor and recover as usual.
     ArenaHeader,
+    /// Makes every VM entry of a VM fail from now on (the calling VM's, or those named on
+    /// the console), through a flag in its arena record that recovery keeps: it models a
+    /// VM whose state breaks every entry ([`break_guest_pat`] before each entry). Nothing
+    /// fails at once.
+    BadEntry,
     /// One bit of the next VM exit's guest RIP flipped after the exit was read, as a
     /// flipped frame pointer would show the run loop another exit (campaign finding 14):
     /// the check before the commit must catch it (armed; fires at the next VM exit).
@@ -52,7 +57,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 16] = [
+    pub const ALL: [Trigger; 17] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -68,6 +73,7 @@ impl Trigger {
         Trigger::MidCommit,
         Trigger::CodeFlip,
         Trigger::ArenaHeader,
+        Trigger::BadEntry,
         Trigger::ExitFlip,
     ];
 
@@ -89,6 +95,7 @@ impl Trigger {
             Trigger::MidCommit => "mid-commit",
             Trigger::CodeFlip => "code-flip",
             Trigger::ArenaHeader => "arena-header",
+            Trigger::BadEntry => "bad-entry",
             Trigger::ExitFlip => "exit-flip",
         }
     }
@@ -97,9 +104,16 @@ impl Trigger {
         Self::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// Whether the trigger takes a VM name (`trigger corrupt-vm NAME`).
+    /// Whether the trigger takes a VM name on the console (`trigger corrupt-vm NAME`,
+    /// `trigger bad-entry NAME [NAME...]`).
     pub fn needs_vm(self) -> bool {
-        self == Trigger::CorruptVm
+        matches!(self, Trigger::CorruptVm | Trigger::BadEntry)
+    }
+
+    /// Whether the console trigger takes several VM names (all marked at once, so that
+    /// their failures can fall within one recovery).
+    pub fn takes_vm_list(self) -> bool {
+        self == Trigger::BadEntry
     }
 
     /// The number a test guest passes to the `trigger` hypercall (its index in [`ALL`]).
@@ -206,6 +220,8 @@ pub fn fire(trigger: Trigger) {
         Trigger::VmcsHost | Trigger::MidExit | Trigger::MidCommit | Trigger::ExitFlip => {
             arm(trigger);
         }
+        // The caller has set the VM's flag; its next VM entry fails.
+        Trigger::BadEntry => {}
         Trigger::Hang => {
             crate::arch::instructions::disable_interrupts();
             loop {
@@ -218,6 +234,16 @@ pub fn fire(trigger: Trigger) {
             deadlock(&LOCK)
         }
     }
+}
+
+/// The IA32_PAT value trigger `bad-entry` gives a guest: `pat` with its byte 0 (PA0) set
+/// to memory type 2, which is reserved. With the "load IA32_PAT" VM-entry control (which
+/// Lazarus always sets), VM entry requires each byte of the guest IA32_PAT field to be 0,
+/// 1, 4, 5, 6 or 7 (SDM Vol. 3C §27.3.1.1), so the entry fails with "invalid guest state"
+/// (basic exit reason 33). Recovery's guest-state check does not look at PAT, so the VM
+/// is resumed and fails again, as a VM whose state breaks every entry would.
+pub fn broken_pat(pat: u64) -> u64 {
+    (pat & !0xff) | 2
 }
 
 /// Trigger `arena-header`: the stray write, before the panic. Flips one bit of the
@@ -258,11 +284,12 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header exit-flip"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip"
         );
         assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
-        assert_eq!(Trigger::from_number(15), Some(Trigger::ExitFlip));
-        assert_eq!(Trigger::from_number(16), None);
+        assert_eq!(Trigger::from_number(15), Some(Trigger::BadEntry));
+        assert_eq!(Trigger::from_number(16), Some(Trigger::ExitFlip));
+        assert_eq!(Trigger::from_number(17), None);
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
             assert_eq!(
@@ -275,6 +302,22 @@ mod tests {
         assert!(!arm(Trigger::Panic));
         assert!(!arm(Trigger::ArenaHeader));
         assert!(!Trigger::ArenaHeader.needs_vm());
+        assert!(Trigger::BadEntry.needs_vm() && Trigger::BadEntry.takes_vm_list());
+        assert!(Trigger::CorruptVm.needs_vm() && !Trigger::CorruptVm.takes_vm_list());
+        assert!(!arm(Trigger::BadEntry));
+    }
+
+    #[test]
+    fn bad_entry_pat_has_a_reserved_memory_type_in_byte_0_only() {
+        // The PAT Lazarus gives a new guest (WB, WT, UC-, UC twice).
+        let pat = 0x0007_0406_0007_0406;
+        let bad = broken_pat(pat);
+        assert_eq!(bad, 0x0007_0406_0007_0402);
+        let types: std::vec::Vec<u64> = (0..8).map(|i| (bad >> (i * 8)) & 0xff).collect();
+        let valid = [0, 1, 4, 5, 6, 7];
+        assert!(!valid.contains(&types[0]), "byte 0 is reserved type 2");
+        assert!(types[1..].iter().all(|t| valid.contains(t)));
+        assert_eq!(broken_pat(bad), bad, "idempotent");
     }
 
     #[test]

@@ -13,7 +13,6 @@ use core::arch::global_asm;
 use core::fmt::Write;
 
 use hypervisor::arch::{instructions, serial, vmx};
-use hypervisor::arena::recovery::{MAX_ATTEMPTS, NO_SLOT};
 use hypervisor::arena::{ArenaRoot, VmState};
 use hypervisor::failure::{self, Failure};
 use hypervisor::memory::Range;
@@ -286,17 +285,15 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
     };
     if depth == 1 {
         let (cause, vector) = failure.cause();
-        let inflight = root.running.checked_sub(1).unwrap_or(NO_SLOT);
-        let attempt = root
-            .recovery
-            .begin(cause, vector, failure::detected_at(), inflight);
+        root.note_failure(cause, vector, failure::detected_at());
         if let Some(line) = hypervisor::inject::machine::take_line() {
             root.recovery.set_inject_line(&line);
         }
-        if attempt > 1 {
-            let _ = writeln!(root.recovery, "recovery attempt {} failed:", attempt - 1);
+        let boots = root.recovery.current.attempts;
+        if boots > 1 {
+            let _ = writeln!(root.recovery, "recovery attempt {} failed:", boots - 1);
         }
-        if attempt == 1 {
+        if boots == 1 {
             if let Ok(Some((frame, control))) =
                 failure::write_report_line(failure, &mut root.recovery)
             {
@@ -315,7 +312,7 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
         if header_restored {
             root.recovery.append_report(HEADER_RESTORED);
         }
-        if attempt > MAX_ATTEMPTS {
+        if root.recovery.exhausted() {
             last_resort(root);
         }
         let pages = root
@@ -393,13 +390,14 @@ fn unformatted_report(cause: hypervisor::arena::Cause) -> &'static str {
     }
 }
 
-/// Recovery failed `MAX_ATTEMPTS` times: print everything known and stop (DESIGN 6: "as a
-/// last resort the hypervisor halts with a diagnostic dump").
+/// Recovery failed too often (`RecoveryState::exhausted`: the attempt that stopped the
+/// suspect failed too): print everything known and stop (DESIGN 6: "as a last resort the
+/// hypervisor halts with a diagnostic dump").
 fn last_resort(root: &mut ArenaRoot) -> ! {
     root.recovery.print_report();
     log::error!(
         "halted: recovery failed {} times in a row; the VMs were not resumed",
-        MAX_ATTEMPTS
+        root.recovery.current.attempts.saturating_sub(1)
     );
     for vm in root
         .vms

@@ -24,8 +24,7 @@ pub use machine::repair;
 
 #[cfg(target_os = "none")]
 mod machine {
-    use hypervisor::arch::vmx::CurrentVmcs;
-    use hypervisor::arena::recovery::MAX_ATTEMPTS;
+    use hypervisor::arch::{instructions, vmx::CurrentVmcs};
     use hypervisor::arena::{Repairs, MAX_VMS};
     use hypervisor::failure::{self, Failure};
     use hypervisor::vm::machine::{host_state, Vms};
@@ -35,28 +34,29 @@ mod machine {
     /// Runs the repair passes of DESIGN 6 over the adopted arena, in order. A VM whose
     /// state fails a check is stopped (and counted); a failure of the machine itself
     /// (INVEPT) is a hypervisor failure, which retries the recovery.
+    ///
+    /// The VMs stopped are those of this recovery, whichever attempt stopped them (an
+    /// earlier one may have stopped a suspect and then failed on the next VM): they are
+    /// counted and printed with its `recovery` line.
     pub fn repair(vms: &mut Vms) -> Repairs {
-        let before = resumable_mask(vms);
-        let r = passes_in_order(vms);
-        vms.root_mut().recovery.stopped_slots = before & !resumable_mask(vms);
+        let before = vms.root().resumable_mask();
+        let mut r = passes_in_order(vms);
+        let root = vms.root_mut();
+        let slots = passes::stopped_this_recovery(root, before);
+        r.stopped += (slots & !before).count_ones();
+        root.recovery.stopped_slots = slots;
         r
-    }
-
-    fn resumable_mask(vms: &Vms) -> u32 {
-        resumable_slots(vms).iter().fold(0, |m, &s| m | 1 << s)
     }
 
     fn passes_in_order(vms: &mut Vms) -> Repairs {
         let mut r = Repairs::default();
         let root = vms.root_mut();
-        let attempts = root.recovery.current.attempts;
         r.locks = passes::release_locks(root);
         let rolled = passes::roll_back_exits(root);
         r.rolled_back = rolled.rolled_back;
-        if attempts >= MAX_ATTEMPTS {
-            let slot = root.recovery.inflight_slot;
-            r.stopped += passes::stop_inflight(root, slot, attempts - 1);
-        }
+        let culprits = passes::stop_culprits(root, instructions::rdtsc());
+        r.devices += culprits.repaired;
+        r.stopped += culprits.stopped;
         r.stopped += passes::check_vms(root);
         r.devices += passes::check_consoles(root);
         if root.recovery.fail_next_recovery != 0 {

@@ -7,7 +7,11 @@
 
 use core::fmt;
 
-use hypervisor::arena::{ArenaRoot, Phase, VmRecord, VmState, CONSOLE_LINE, MAX_VMS};
+use hypervisor::arena::recovery::MAX_ATTEMPTS;
+use hypervisor::arena::suspect::{BAD_ENTRY_ON, SUSPECT_FAILURES, SUSPECT_WINDOW_SECONDS};
+use hypervisor::arena::{
+    ArenaRoot, Phase, SuspectRecord, VmRecord, VmState, CONSOLE_LINE, MAX_VMS,
+};
 use hypervisor::vmx::event;
 use hypervisor::vmx::fields::{VmcsAccess, VmcsField, VmxError};
 use hypervisor::vmx::host::{Controls, HostState, ENTRY_IA32E_MODE_GUEST};
@@ -19,7 +23,7 @@ pub fn live(vm: &VmRecord) -> bool {
 
 /// Whether the VM can run again (runnable, or waiting for an interrupt).
 pub fn resumable(vm: &VmRecord) -> bool {
-    matches!(vm.state(), Some(VmState::Runnable) | Some(VmState::Waiting))
+    vm.resumable()
 }
 
 /// Stops a VM whose state recovery cannot trust. The reason starts with "recovery:" so
@@ -116,6 +120,81 @@ pub fn stop_inflight(root: &mut ArenaRoot, slot: u32, attempts: u32) -> u32 {
         }
         _ => 0,
     }
+}
+
+/// Bound-checks each live VM's record of the failures it was in flight at
+/// ([`SuspectRecord::is_sane`] at TSC `now`, with the suspect window of `window` ticks)
+/// and its `bad-entry` trigger flag: a record that cannot be believed starts afresh, a
+/// flag that is neither off nor on is turned off. Returns how many VMs were repaired.
+pub fn check_suspects(root: &mut ArenaRoot, now: u64, window: u64) -> u32 {
+    let mut repaired = 0;
+    for vm in root.vms.iter_mut().filter(|vm| live(vm)) {
+        let mut fixed = false;
+        if !vm.suspect.is_sane(now, window) {
+            vm.suspect = SuspectRecord::EMPTY;
+            fixed = true;
+        }
+        if vm.bad_entry != 0 && vm.bad_entry != BAD_ENTRY_ON {
+            vm.bad_entry = 0;
+            fixed = true;
+        }
+        repaired += u32::from(fixed);
+    }
+    repaired
+}
+
+/// Stops every VM that can run and was in flight at [`SUSPECT_FAILURES`] hypervisor
+/// failures within the suspect window (issue 11: whether or not those recoveries
+/// succeeded, it is what keeps the hypervisor failing). Returns how many it stopped.
+pub fn stop_suspects(root: &mut ArenaRoot) -> u32 {
+    let mut stopped = 0;
+    for vm in root.vms.iter_mut() {
+        if resumable(vm) && vm.suspect.exhausted() {
+            stop(
+                vm,
+                format_args!(
+                    "in flight at {SUSPECT_FAILURES} hypervisor failures within {SUSPECT_WINDOW_SECONDS} s"
+                ),
+            );
+            stopped += 1;
+        }
+    }
+    stopped
+}
+
+/// What [`stop_culprits`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Culprits {
+    /// VMs whose failure record or `bad-entry` flag was out of bounds and was reset.
+    pub repaired: u32,
+    /// VMs stopped.
+    pub stopped: u32,
+}
+
+/// The policy against VMs that keep the hypervisor failing (DESIGN 6 and issue 11), at
+/// TSC `now`: failure records checked ([`check_suspects`]), every VM in flight at too many
+/// failures within the window stopped ([`stop_suspects`]), and the recovery's suspect
+/// stopped once [`MAX_ATTEMPTS`] attempts against it have been made ([`stop_inflight`];
+/// a VM both would stop gets the window's reason).
+pub fn stop_culprits(root: &mut ArenaRoot, now: u64) -> Culprits {
+    let window = root.suspect_window();
+    let repaired = check_suspects(root, now, window);
+    let mut stopped = stop_suspects(root);
+    let attempts = root.recovery.suspect_attempts;
+    if attempts >= MAX_ATTEMPTS {
+        let slot = root.recovery.inflight_slot;
+        stopped += stop_inflight(root, slot, attempts - 1);
+    }
+    Culprits { repaired, stopped }
+}
+
+/// Bit `slot` set for each VM the recovery in progress stopped, once this attempt's
+/// passes are done: those that could run when this attempt began (`before`) and cannot
+/// now, and those that could run at the recovery's first failure and were stopped by an
+/// earlier attempt (which then failed, for instance at the next VM's entry).
+pub fn stopped_this_recovery(root: &ArenaRoot, before: u32) -> u32 {
+    let earlier = root.recovery.resumable_at_failure & !before & root.stopped_mask();
+    earlier | (before & !root.resumable_mask())
 }
 
 /// Re-derives scheduler state from the VM table: the transient scheduler starts empty

@@ -540,9 +540,14 @@ fn the_image_scrub_goes_on_while_every_vm_waits() {
 /// The test guests `alpha` and `beta` each print `n` more work lines, and every line so
 /// far is checked (checksum, no sequence gap, nothing CORRUPT).
 fn count_on(m: &mut Machine, n: u64) {
+    count_on_vms(m, &["alpha", "beta"], n);
+}
+
+/// The same for the test guests `vms`.
+fn count_on_vms(m: &mut Machine, vms: &[&str], n: u64) {
     let last = checked_sequences(m);
-    for vm in ["alpha", "beta"] {
-        let next = last.get(vm).copied().unwrap_or(0) + n;
+    for vm in vms {
+        let next = last.get(*vm).copied().unwrap_or(0) + n;
         m.wait_for_text(&format!("[{vm}] seq={next} sum="), RUN);
     }
     checked_sequences(m);
@@ -550,13 +555,18 @@ fn count_on(m: &mut Machine, n: u64) {
 
 /// `alpha` and `beta` are running, each started once (no reset behind a recovery).
 fn both_still_running(m: &mut Machine) {
+    still_running(m, &[("alpha", 1), ("beta", 2)]);
+}
+
+/// Each of `vms` (name, id) is running and started once (no reset behind a recovery).
+fn still_running(m: &mut Machine, vms: &[(&str, u32)]) {
     let list = m.command("vm list");
-    assert!(
-        list.contains("alpha id=1 state=running") && list.contains("beta id=2 state=running"),
-        "{list}"
-    );
     let lines = m.lines();
-    for vm in ["alpha", "beta"] {
+    for (vm, id) in vms {
+        assert!(
+            list.contains(&format!("{vm} id={id} state=running")),
+            "{vm}: {list}"
+        );
         let starts = lines
             .iter()
             .filter(|l| l.starts_with(&format!("[{vm}] start name={vm}")))
@@ -645,4 +655,170 @@ fn a_stray_write_into_the_arena_header_is_repaired_from_the_anchor() {
     both_still_running(&mut m);
     recovery_command(&mut m, &[first, second]);
     count_on(&mut m, 2);
+}
+
+/// Boots the test guests `alpha`, `beta` and `gamma` (in that order: slots 0, 1, 2), each
+/// with `mode=work burn=20` and its extra words.
+fn three_test_guests(name: &str, extra: [&str; 3]) -> Machine {
+    let dir = work_dir(name);
+    let guest = test_guest();
+    let words: Vec<String> = ["alpha", "beta", "gamma"]
+        .iter()
+        .zip(extra)
+        .map(|(vm, extra)| format!("vm={vm} elf mem=8M mode=work burn=20 {extra}"))
+        .collect();
+    let modules: Vec<(&Path, &str)> = words
+        .iter()
+        .map(|w| (guest.as_path(), w.as_str()))
+        .collect();
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m
+}
+
+/// The stop line of a VM in flight at too many hypervisor failures (README, "Recovery").
+fn suspect_stop_line(vm: &str) -> String {
+    format!(
+        r"^\[lazarus\] ERROR vm {vm}: stopped: recovery: in flight at 3 hypervisor failures within 10 s$"
+    )
+}
+
+/// How many VM entries of `vm` failed, as the failure reports say.
+fn failed_entries(m: &Machine, vm: &str) -> usize {
+    let report = format!(
+        "[lazarus] ERROR hypervisor failure: vmx: VM entry failed for vm {vm}: exit reason 33 (entry_invalid_guest_state), "
+    );
+    m.lines().iter().filter(|l| l.starts_with(&report)).count()
+}
+
+#[test]
+fn a_vm_that_breaks_every_vm_entry_is_stopped_after_three_failures() {
+    // beta turns `bad-entry` on for itself after its second work line. Each recovery
+    // completes at alpha's entry (the first slot), and beta fails again at its next turn:
+    // the third failure within 10 s stops beta, and only beta.
+    let mut m = three_test_guests(
+        "recovery_bad_entry",
+        ["", "trigger=bad-entry trigger-after=2", ""],
+    );
+    m.expect_line(
+        r"^\[lazarus\] WARN  trigger: vm beta fires 'bad-entry' \(count 1\)$",
+        RECOVERY,
+    );
+    let halted = r"^\[lazarus\] ERROR halted";
+    let mut lines = Vec::new();
+    for n in 1..=3 {
+        let line = m.expect_line_not_after(
+            &format!(r"^\[lazarus\] INFO  recovery {n}: cause=vmx "),
+            halted,
+            RECOVERY,
+        );
+        lines.push(Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}")));
+    }
+    let got: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|r| (r.get("attempts"), r.get("stopped")))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, 0), (1, 0), (1, 1)],
+        "three recoveries, the third stops beta"
+    );
+    assert_eq!(lines[2].get("runnable"), 2, "{}", lines[2].line);
+
+    count_on_vms(&mut m, &["alpha", "gamma"], 3);
+    let t = m.transcript();
+    assert!(!t.contains("INFO  recovery 4:"), "no fourth recovery");
+    assert!(!t.contains("ERROR halted"), "no halt");
+    let stops: Vec<String> = m
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(": stopped: "))
+        .collect();
+    assert_eq!(
+        stops,
+        ["[lazarus] ERROR vm beta: stopped: recovery: in flight at 3 hypervisor failures within 10 s"],
+        "one stop line, for beta"
+    );
+    assert!(Regex::new(&suspect_stop_line("beta"))
+        .unwrap()
+        .is_match(&stops[0]));
+    assert_eq!(failed_entries(&m, "beta"), 3, "three failed entries");
+    assert_eq!(failed_entries(&m, "alpha") + failed_entries(&m, "gamma"), 0);
+    let list = m.command("vm list");
+    assert!(
+        list.contains(r#"beta id=2 state=stopped"#)
+            && list
+                .contains(r#"reason="recovery: in flight at 3 hypervisor failures within 10 s""#),
+        "{list}"
+    );
+    still_running(&mut m, &[("alpha", 1), ("gamma", 3)]);
+    // Stopped for good: beta prints nothing more while the others count on.
+    let beta = checked_sequences(&m).get("beta").copied();
+    count_on_vms(&mut m, &["alpha", "gamma"], 2);
+    assert_eq!(checked_sequences(&m).get("beta").copied(), beta);
+}
+
+#[test]
+fn two_vms_that_break_every_vm_entry_are_both_stopped_without_a_halt() {
+    // alpha and beta are marked at once from the console: every first VM entry of the
+    // recovery is one of theirs until both are stopped (the second one's failures no
+    // longer count against the first's attempts), then gamma runs and the recovery
+    // completes: one recovery of six boots, two VMs stopped.
+    let mut m = three_test_guests("recovery_bad_entry_two", ["", "", ""]);
+    count_on_vms(&mut m, &["alpha", "beta", "gamma"], 2);
+    m.send_line("trigger bad-entry alpha beta");
+    m.expect_line(
+        r"^trigger: bad-entry: every VM entry of vm alpha fails from now on$",
+        RECOVERY,
+    );
+    m.expect_line(
+        r"^trigger: bad-entry: every VM entry of vm beta fails from now on$",
+        RECOVERY,
+    );
+    // The report of the one recovery: five failed attempts, then the two stop lines,
+    // then its line.
+    let halted = r"^\[lazarus\] ERROR halted";
+    for n in 1..=5 {
+        m.expect_line_not_after(
+            &format!(r"^\[lazarus\] ERROR recovery attempt {n} failed:$"),
+            halted,
+            RECOVERY,
+        );
+    }
+    for vm in ["alpha", "beta"] {
+        m.expect_line_not_after(&suspect_stop_line(vm), halted, RECOVERY);
+    }
+    let line = m.expect_line_not_after(
+        r"^\[lazarus\] INFO  recovery 1: cause=vmx ",
+        halted,
+        RECOVERY,
+    );
+    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!(
+        (r.get("attempts"), r.get("stopped"), r.get("runnable")),
+        (6, 2, 1),
+        "{line}"
+    );
+    count_on_vms(&mut m, &["gamma"], 3);
+    let t = m.transcript();
+    assert!(!t.contains("ERROR halted"), "no halt");
+    assert!(!t.contains("INFO  recovery 2:"), "one recovery");
+    assert_eq!(
+        (failed_entries(&m, "alpha"), failed_entries(&m, "beta")),
+        (3, 3),
+        "three failed entries each"
+    );
+    let list = m.command("vm list");
+    for vm in ["alpha", "beta"] {
+        assert!(
+            list.lines().any(|l| l.starts_with(&format!("{vm} id="))
+                && l.contains("state=stopped")
+                && l.ends_with(
+                    r#" reason="recovery: in flight at 3 hypervisor failures within 10 s""#
+                )),
+            "{vm}: {list}"
+        );
+    }
+    still_running(&mut m, &[("gamma", 3)]);
 }

@@ -62,6 +62,8 @@
 //! * With `trigger=KIND`: `trigger KIND result=R` after line `seq=N` for N =
 //!   `trigger-after`, once the hypervisor has failed and recovered (R = 0), or at once
 //!   with the error (`-1` when triggers are off, `-3` for an unknown KIND or bad count).
+//!   Never for `bad-entry` with triggers on: every later entry of the VM fails, and
+//!   recovery stops it.
 //! * With `inject=TYPE`: `inject TYPE seed=S result=R` after line `seq=N` for N =
 //!   `trigger-after` (R = 0 when armed, `-1` when the injector is off, `-3` for an
 //!   unknown TYPE).

@@ -18,6 +18,7 @@ pub mod commit;
 pub mod lock;
 pub mod pages;
 pub mod recovery;
+pub mod suspect;
 
 use core::fmt;
 
@@ -26,6 +27,7 @@ pub use commit::CommitLog;
 pub use lock::ArenaLock;
 pub use pages::{PageBitmap, PageError, MAX_PAGES};
 pub use recovery::{Cause, RecoveryRecord, RecoveryState, Repairs};
+pub use suspect::SuspectRecord;
 
 use crate::devices::Devices;
 use crate::vmx::exit::ExitReason;
@@ -354,6 +356,14 @@ pub struct VmRecord {
     pub stop_reason: [u8; REASON_LEN],
     pub console_len: u32,
     pub console: [u8; CONSOLE_LINE],
+    /// The hypervisor failures this VM was in flight at, in the current window
+    /// ([`suspect`]): kept across recoveries, cleared by `vm reset` and a new VM.
+    pub suspect: SuspectRecord,
+    /// Test trigger `bad-entry` ([`suspect::BAD_ENTRY_ON`]): every VM entry of this VM is
+    /// made to fail, and a recovery keeps it so (it models a VM whose state breaks every
+    /// entry). Acted on only with `triggers=on`.
+    pub bad_entry: u32,
+    pub _pad3: u32,
 }
 
 impl VmRecord {
@@ -437,10 +447,21 @@ impl VmRecord {
         stop_reason: [0; REASON_LEN],
         console_len: 0,
         console: [0; CONSOLE_LINE],
+        suspect: SuspectRecord::EMPTY,
+        bad_entry: 0,
+        _pad3: 0,
     };
 
     pub fn state(&self) -> Option<VmState> {
         VmState::from_raw(self.state)
+    }
+
+    /// Whether the VM can run again (runnable, or waiting for an interrupt).
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self.state(),
+            Some(VmState::Runnable) | Some(VmState::Waiting)
+        )
     }
 
     pub fn set_state(&mut self, state: VmState) {
@@ -688,6 +709,9 @@ impl ArenaRoot {
         self.fpu_owner = 0;
         self.recovery.in_progress = 0;
         self.recovery.inflight_slot = recovery::NO_SLOT;
+        self.recovery.suspect_attempts = 0;
+        self.recovery.resumable_at_failure = 0;
+        self.recovery.stopped_slots = 0;
         self.recovery.completed = 0;
         self.recovery.fail_next_recovery = 0;
         self.commit.clear();

@@ -16,9 +16,14 @@ pub const REPORT_LEN: usize = 1536;
 pub const INJECT_LINE: usize = 192;
 /// `inflight_slot` when no VM exit was in flight.
 pub const NO_SLOT: u32 = u32::MAX;
-/// Recovery attempts for one failure before the VM whose exit was in flight is stopped;
-/// one more attempt after that, then the hypervisor halts.
+/// Recovery attempts against one suspect (the VM in flight at the failures) before that
+/// VM is stopped; one more attempt after that, then the hypervisor halts.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Recovery boots for one recovery, whatever the suspects, after which the hypervisor
+/// halts: a safety net only. The suspects' own bounds ([`MAX_ATTEMPTS`] and
+/// `suspect::SUSPECT_FAILURES`, each stopping a VM) end a recovery long before, since each
+/// VM can be the suspect of only a few attempts.
+pub const MAX_RECOVERY_BOOTS: u32 = MAX_ATTEMPTS * (crate::arena::MAX_VMS as u32 + 1);
 
 /// What was detected. Stored as a raw `u32` ([`Cause::from_raw`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,8 +164,16 @@ impl fmt::Display for RecoveryRecord {
 pub struct RecoveryState {
     /// 1 from detection until the recovered instance's first VM entry.
     pub in_progress: u32,
-    /// Slot of the VM whose exit was being handled at the first failure, or [`NO_SLOT`].
+    /// The suspect: slot of the VM in flight at the first failure, or at the latest
+    /// failure during the recovery that had a different VM in flight; [`NO_SLOT`] if none.
     pub inflight_slot: u32,
+    /// Recovery attempts against the suspect: 1 at the failure that made it the suspect,
+    /// one more for each later failure during the recovery with no VM or the suspect in
+    /// flight (what [`MAX_ATTEMPTS`] bounds).
+    pub suspect_attempts: u32,
+    /// Bit `slot` set for each VM that could run at the recovery's first failure (the VMs
+    /// it stopped, in whichever attempt, are among these).
+    pub resumable_at_failure: u32,
     /// The recovery being carried out.
     pub current: RecoveryRecord,
     /// 1 while the report and `recovery` line wait to be printed (after the first VM entry).
@@ -191,14 +204,26 @@ pub struct RecoveryState {
 
 impl RecoveryState {
     /// Starts a recovery (first failure) or counts one more attempt (a failure during
-    /// recovery). Returns the attempt number.
+    /// recovery). The suspect is the VM `inflight` at the first failure; a failure during
+    /// the recovery with another VM in flight makes that VM the suspect instead, with its
+    /// attempts counted from 1 (so that two bad VMs, each failing the recovery in turn,
+    /// are each stopped rather than the second one's failure halting the hypervisor).
+    /// Returns the attempt number against the suspect.
     pub fn begin(&mut self, cause: Cause, vector: u8, t_detect: u64, inflight: u32) -> u32 {
         if self.in_progress == 1 && self.current.attempts >= 1 {
             self.current.attempts = self.current.attempts.saturating_add(1);
-            return self.current.attempts;
+            if inflight != NO_SLOT && inflight != self.inflight_slot {
+                self.inflight_slot = inflight;
+                self.suspect_attempts = 1;
+            } else {
+                self.suspect_attempts = self.suspect_attempts.saturating_add(1);
+            }
+            return self.suspect_attempts;
         }
         self.in_progress = 1;
         self.inflight_slot = inflight;
+        self.suspect_attempts = 1;
+        self.stopped_slots = 0;
         self.inject_len = 0;
         self.dump_valid = 0;
         self.pending_print = 0;
@@ -212,6 +237,13 @@ impl RecoveryState {
             ..RecoveryRecord::default()
         };
         1
+    }
+
+    /// Whether recovery has failed too often to go on: the attempts against the suspect
+    /// are past [`MAX_ATTEMPTS`] (its attempt to stop it failed too), or the recovery
+    /// boots past [`MAX_RECOVERY_BOOTS`]. The last resort is then a halt (DESIGN 6).
+    pub fn exhausted(&self) -> bool {
+        self.suspect_attempts > MAX_ATTEMPTS || self.current.attempts > MAX_RECOVERY_BOOTS
     }
 
     /// Keeps the injector's line (truncated to [`INJECT_LINE`]).

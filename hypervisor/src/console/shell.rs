@@ -18,7 +18,8 @@ pub enum Command<'a> {
     /// `log` shows the level, `log LEVEL` sets it.
     Log(Option<log::LevelFilter>),
     Shutdown,
-    /// `trigger KIND [VM]`.
+    /// `trigger KIND [VM]`, or `trigger bad-entry VM [VM...]` (the names as typed,
+    /// separated by blanks).
     Trigger(Trigger, Option<&'a str>),
     /// `recovery`: the recoveries so far.
     Recovery,
@@ -97,7 +98,7 @@ commands:
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud
                   de bp vmcs-host mid-exit mid-commit recovery-fail hang deadlock code-flip
-                  arena-header exit-flip; trigger corrupt-vm NAME
+                  arena-header exit-flip; trigger corrupt-vm NAME; trigger bad-entry NAME...
   recovery        the recoveries so far: one `recovery` line each
   inject TYPE SEED
                   arm one fault injection (needs inject=on): failstop register code data
@@ -112,6 +113,12 @@ commands:
                   vm create module=0 vm=delta elf mem=8M mode=work
   shutdown        power the machine off
 ";
+
+/// The part of `line` from `word` (one of its words) to its end, trailing blanks removed.
+fn rest_of<'a>(line: &'a str, word: &'a str) -> &'a str {
+    let start = (word.as_ptr() as usize).saturating_sub(line.as_ptr() as usize);
+    line.get(start..).unwrap_or(word).trim_end()
+}
 
 /// Parses one line; `Ok(None)` for a blank line.
 pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
@@ -159,9 +166,16 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
                 expected:
-                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header exit-flip",
+                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip",
             }),
             Some(kind) => match Trigger::from_name(kind) {
+                Some(t) if t.takes_vm_list() => {
+                    let first = extra.ok_or(ShellError::MissingArgument {
+                        command: "trigger bad-entry",
+                        expected: "one or more VM names",
+                    })?;
+                    return Ok(Some(Command::Trigger(t, Some(rest_of(line, first)))));
+                }
                 Some(t) if t.needs_vm() => {
                     let vm = extra.ok_or(ShellError::MissingArgument {
                         command: "trigger corrupt-vm",
@@ -391,6 +405,24 @@ mod tests {
             Ok(Some(Command::Trigger(Trigger::ArenaHeader, None)))
         );
         assert!(parse("trigger arena-header db").is_err());
+        assert_eq!(
+            parse("trigger bad-entry alpha  beta "),
+            Ok(Some(Command::Trigger(
+                Trigger::BadEntry,
+                Some("alpha  beta")
+            )))
+        );
+        assert_eq!(
+            parse("  trigger   bad-entry gamma"),
+            Ok(Some(Command::Trigger(Trigger::BadEntry, Some("gamma"))))
+        );
+        assert_eq!(
+            parse("trigger bad-entry"),
+            Err(ShellError::MissingArgument {
+                command: "trigger bad-entry",
+                expected: "one or more VM names",
+            })
+        );
         assert_eq!(parse("shutdown"), Ok(Some(Command::Shutdown)));
     }
 
@@ -415,11 +447,11 @@ mod tests {
         );
         assert_eq!(
             run("trigger", &mut m),
-            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header exit-flip)\n"
+            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip)\n"
         );
         assert_eq!(
             run("trigger boom", &mut m),
-            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header exit-flip)\n"
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip)\n"
         );
     }
 

@@ -1189,3 +1189,274 @@ fn redeliver_reports_a_vmcs_it_cannot_access() {
     );
     assert!(!v.was_written(VmcsField::EntryInterruptionInfo));
 }
+
+// ---------------------------------------------------------------------------------------
+// check_suspects, stop_suspects, stop_culprits (issue 11)
+
+use hypervisor::arena::recovery::MAX_ATTEMPTS;
+use hypervisor::arena::suspect::{SUSPECT_FAILURES, SUSPECT_WINDOW_SECONDS};
+use hypervisor::arena::{Cause, SuspectRecord};
+
+/// Bochs's TSC rate: the window is 500 million ticks.
+const HZ: u64 = 50_000_000;
+const WINDOW: u64 = SUSPECT_WINDOW_SECONDS * HZ;
+const SUSPECT_REASON: &str = "recovery: in flight at 3 hypervisor failures within 10 s";
+
+fn three_vms_timed() -> Box<ArenaRoot> {
+    let mut root = three_vms();
+    root.boot.tsc_hz = HZ;
+    root
+}
+
+fn failures(count: u32, first: u64, last: u64) -> SuspectRecord {
+    SuspectRecord {
+        count,
+        first,
+        last,
+        ..SuspectRecord::EMPTY
+    }
+}
+
+#[test]
+fn believable_suspect_records_and_flags_are_kept() {
+    let mut root = three_vms_timed();
+    root.vms[0].suspect = failures(2, 100, 200);
+    root.vms[1].bad_entry = hypervisor::arena::suspect::BAD_ENTRY_ON;
+    let before = (root.vms[0].suspect, root.vms[1].bad_entry);
+    assert_eq!(check_suspects(&mut root, 1000, WINDOW), 0);
+    assert_eq!((root.vms[0].suspect, root.vms[1].bad_entry), before);
+}
+
+#[test]
+fn unbelievable_suspect_records_and_flags_are_reset_and_counted_once_per_vm() {
+    let now = 10 * WINDOW;
+    let mut root = three_vms_timed();
+    root.vms[0].suspect = failures(SUSPECT_FAILURES + 1, now - 5, now - 1);
+    root.vms[0].bad_entry = 7;
+    root.vms[1].suspect = failures(3, now - 5, now + 1);
+    root.vms[2].suspect = failures(3, now - WINDOW - 1, now - 1);
+    // A free slot's leftovers are not looked at.
+    root.vms[3].suspect = failures(99, 9, 1);
+    assert_eq!(check_suspects(&mut root, now, WINDOW), 3);
+    for slot in 0..3 {
+        assert_eq!(root.vms[slot].suspect, SuspectRecord::EMPTY, "slot {slot}");
+    }
+    assert_eq!(root.vms[0].bad_entry, 0);
+    assert_eq!(root.vms[3].suspect.count, 99);
+    // Reset records stop nobody.
+    assert_eq!(stop_suspects(&mut root), 0);
+}
+
+#[test]
+fn a_vm_in_flight_at_too_many_failures_is_stopped_alone() {
+    for state in [VmState::Runnable, VmState::Waiting] {
+        let mut root = three_vms_timed();
+        root.vms[1].set_state(state);
+        root.vms[1].suspect = failures(SUSPECT_FAILURES, 100, 300);
+        root.vms[2].suspect = failures(SUSPECT_FAILURES - 1, 100, 300);
+        assert_eq!(stop_suspects(&mut root), 1, "{state:?}");
+        assert_eq!(root.vms[1].state(), Some(VmState::Stopped));
+        assert_eq!(root.vms[1].stop_reason(), SUSPECT_REASON);
+        assert_untouched(&root, 0);
+        assert_untouched(&root, 2);
+        assert_eq!(stop_suspects(&mut root), 0, "only once");
+    }
+}
+
+#[test]
+fn a_vm_that_cannot_run_is_not_stopped_for_its_failures() {
+    let mut root = three_vms_timed();
+    root.vms[0].set_state(VmState::Halted);
+    root.vms[1].set_state(VmState::Stopped);
+    root.vms[1].set_stop_reason(format_args!("stopped by the operator"));
+    for slot in 0..2 {
+        root.vms[slot].suspect = failures(SUSPECT_FAILURES, 1, 2);
+    }
+    assert_eq!(stop_suspects(&mut root), 0);
+    assert_eq!(root.vms[0].state(), Some(VmState::Halted));
+    assert_eq!(root.vms[1].stop_reason(), "stopped by the operator");
+}
+
+#[test]
+fn culprits_the_window_reason_wins_over_the_attempts_one() {
+    let mut root = three_vms_timed();
+    root.recovery.inflight_slot = 1;
+    root.recovery.suspect_attempts = MAX_ATTEMPTS;
+    root.vms[1].suspect = failures(SUSPECT_FAILURES, 10, 20);
+    assert_eq!(
+        stop_culprits(&mut root, 1000),
+        Culprits {
+            repaired: 0,
+            stopped: 1
+        }
+    );
+    assert_eq!(root.vms[1].stop_reason(), SUSPECT_REASON);
+}
+
+#[test]
+fn culprits_a_failing_recovery_still_stops_its_suspect_after_max_attempts() {
+    // `recovery-fail`: the suspect was in flight at the first failure only.
+    let mut root = three_vms_timed();
+    root.recovery.inflight_slot = 2;
+    root.vms[2].suspect = failures(1, 10, 10);
+    root.recovery.suspect_attempts = MAX_ATTEMPTS - 1;
+    assert_eq!(stop_culprits(&mut root, 1000).stopped, 0);
+    root.recovery.suspect_attempts = MAX_ATTEMPTS;
+    assert_eq!(stop_culprits(&mut root, 1000).stopped, 1);
+    assert_eq!(
+        root.vms[2].stop_reason(),
+        "recovery: its exit was in flight in 2 failed recoveries"
+    );
+    assert_untouched(&root, 0);
+    assert_untouched(&root, 1);
+}
+
+#[test]
+fn culprits_an_unbelievable_count_is_repaired_not_acted_on() {
+    let mut root = three_vms_timed();
+    root.vms[0].suspect = failures(SUSPECT_FAILURES, 10, 5000);
+    assert_eq!(
+        stop_culprits(&mut root, 1000),
+        Culprits {
+            repaired: 1,
+            stopped: 0
+        }
+    );
+    assert_untouched(&root, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole policy over a run of failures: failure path (`note_failure`), repair
+// (`stop_culprits`, `stopped_this_recovery`) and the first VM entry (the scheduler's pick)
+
+/// What a run of failures came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Outcome {
+    /// (recovery boots, VMs stopped) of each completed recovery.
+    recoveries: Vec<(u32, u32)>,
+    /// Failures charged to each slot, in order.
+    failures: Vec<usize>,
+    halted: bool,
+}
+
+/// Runs VMs whose every entry fails (`bad`): slot `first_bad` fails first, then each
+/// recovery's first VM entry (the lowest resumable slot) either fails (a bad VM) or
+/// completes it (then the next bad VM in slot order, if any, fails at its turn). `ms` is
+/// the TSC time a recovery and a slice take. Ends when no bad VM can run any more.
+fn run_bad_vms(root: &mut ArenaRoot, bad: &[usize], first_bad: usize, ms: u64) -> Outcome {
+    let mut out = Outcome::default();
+    let mut now = 1_000;
+    let mut in_flight = Some(first_bad);
+    while let Some(slot) = in_flight {
+        out.failures.push(slot);
+        root.running = slot as u32 + 1;
+        root.note_failure(Cause::Vmx, 0, now);
+        if root.recovery.exhausted() {
+            out.halted = true;
+            return out;
+        }
+        now += ms * HZ / 1000;
+        let before = root.resumable_mask();
+        stop_culprits(root, now);
+        let stopped = stopped_this_recovery(root, before);
+        root.recovery.stopped_slots = stopped;
+        let first = hypervisor::vm::scheduler::next_runnable(&root.vms, None);
+        in_flight = first.filter(|s| bad.contains(s));
+        if in_flight.is_none() {
+            out.recoveries
+                .push((root.recovery.current.attempts, stopped.count_ones()));
+            root.recovery.complete();
+            // The good VM runs its slice; then the next bad VM that can run fails.
+            now += ms * HZ / 1000;
+            in_flight = bad.iter().copied().find(|&s| resumable(&root.vms[s]));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bad_vm_entered_after_a_good_one_is_stopped_by_its_third_recovery() {
+    // The amplifier: every recovery completes at alpha's entry, then beta fails again.
+    let mut root = three_vms_timed();
+    let out = run_bad_vms(&mut root, &[1], 1, 50);
+    assert_eq!(
+        out,
+        Outcome {
+            recoveries: vec![(1, 0), (1, 0), (1, 1)],
+            failures: vec![1, 1, 1],
+            halted: false
+        }
+    );
+    assert_eq!(root.vms[1].stop_reason(), SUSPECT_REASON);
+    assert_untouched(&root, 0);
+    assert_untouched(&root, 2);
+}
+
+#[test]
+fn a_bad_vm_entered_first_is_stopped_by_the_third_attempt_of_one_recovery() {
+    let mut root = three_vms_timed();
+    let out = run_bad_vms(&mut root, &[0], 0, 50);
+    assert_eq!(out.recoveries, vec![(3, 1)]);
+    assert!(!out.halted);
+    assert_eq!(root.vms[0].stop_reason(), SUSPECT_REASON);
+    assert_untouched(&root, 1);
+    assert_untouched(&root, 2);
+}
+
+#[test]
+fn two_bad_vms_are_both_stopped_in_one_recovery_without_a_halt() {
+    // Both marked at once; beta fails first. Each recovery boot's first entry is alpha's
+    // or beta's until both are stopped: six boots, two VMs stopped, gamma runs on.
+    for first in [0, 1] {
+        let mut root = three_vms_timed();
+        let out = run_bad_vms(&mut root, &[0, 1], first, 50);
+        assert!(!out.halted, "first={first}: {out:?}");
+        assert_eq!(out.recoveries, vec![(6, 2)], "first={first}");
+        assert_eq!(out.failures.len(), 6);
+        for slot in [0, 1] {
+            assert_eq!(root.vms[slot].state(), Some(VmState::Stopped));
+            assert_eq!(
+                out.failures.iter().filter(|&&s| s == slot).count(),
+                3,
+                "slot {slot} charged three times"
+            );
+        }
+        assert!(
+            root.vms[0].stop_reason() == SUSPECT_REASON
+                && root.vms[1].stop_reason() == SUSPECT_REASON
+        );
+        assert_untouched(&root, 2);
+    }
+}
+
+#[test]
+fn bad_vms_slower_than_the_window_are_not_stopped_by_it() {
+    // A VM in flight at a failure every 6 s: never 3 within 10 s.
+    let mut root = three_vms_timed();
+    let mut now = 0;
+    for _ in 0..10 {
+        root.running = 2;
+        root.note_failure(Cause::Panic, 0, now);
+        assert_eq!(stop_culprits(&mut root, now + 1).stopped, 0);
+        root.recovery.complete();
+        now += 6 * HZ;
+    }
+    assert_untouched(&root, 1);
+}
+
+#[test]
+fn vms_stopped_by_an_earlier_attempt_are_reported_with_the_recovery() {
+    let mut root = three_vms_timed();
+    root.recovery.resumable_at_failure = 0b111;
+    // Attempt 3 stopped alpha, then failed; this attempt began with beta and gamma.
+    root.vms[0].set_state(VmState::Stopped);
+    let before = root.resumable_mask();
+    root.vms[1].set_state(VmState::Stopped);
+    assert_eq!(stopped_this_recovery(&root, before), 0b011);
+    // A VM that was already stopped at the first failure is not this recovery's.
+    root.recovery.resumable_at_failure = 0b110;
+    assert_eq!(stopped_this_recovery(&root, before), 0b010);
+    // Corrupt high bits name no VM.
+    root.recovery.resumable_at_failure = u32::MAX;
+    assert_eq!(stopped_this_recovery(&root, before), 0b011);
+}

@@ -46,7 +46,7 @@ fn failure_during_recovery_counts_an_attempt_and_keeps_the_first_cause() {
     s.append_report("hypervisor failure: hang\n");
     s.current.t_failpath = 1100;
     assert_eq!(s.begin(Cause::Panic, 0, 5000, NO_SLOT), 2);
-    assert_eq!(s.begin(Cause::Exception, 13, 9000, 0), 3);
+    assert_eq!(s.begin(Cause::Exception, 13, 9000, 3), 3);
     assert_eq!(s.in_progress, 1);
     assert_eq!(s.current.attempts, 3);
     assert_eq!(s.current.number, 1);
@@ -58,7 +58,80 @@ fn failure_during_recovery_counts_an_attempt_and_keeps_the_first_cause() {
     );
     assert_eq!(s.current.t_failpath, 1100);
     assert_eq!(s.inflight_slot, 3, "the first failure's VM is the suspect");
+    assert_eq!(s.suspect_attempts, 3);
     assert_eq!(s.report(), "hypervisor failure: hang\n");
+}
+
+#[test]
+fn a_failure_during_recovery_with_another_vm_in_flight_makes_it_the_suspect() {
+    // Two VMs that break every entry: the first is stopped by the third attempt, and the
+    // first entry after that is the second one's, which fails too.
+    let mut s = state();
+    assert_eq!(s.begin(Cause::Vmx, 0, 100, 0), 1);
+    assert_eq!(s.begin(Cause::Vmx, 0, 200, 0), 2);
+    assert_eq!(s.begin(Cause::Vmx, 0, 300, 0), 3);
+    assert!(!s.exhausted());
+    assert_eq!(
+        s.begin(Cause::Vmx, 0, 400, 1),
+        1,
+        "slot 1 is the suspect now"
+    );
+    assert_eq!((s.inflight_slot, s.suspect_attempts), (1, 1));
+    assert!(
+        !s.exhausted(),
+        "no halt: stopping slot 1 may let the others run"
+    );
+    // No VM in flight (a failure in the repair passes): another attempt against slot 1.
+    assert_eq!(s.begin(Cause::Panic, 0, 500, NO_SLOT), 2);
+    assert_eq!(s.begin(Cause::Vmx, 0, 600, 1), 3);
+    assert_eq!(s.inflight_slot, 1);
+    assert_eq!(s.current.attempts, 6, "every recovery boot is counted");
+    assert_eq!(
+        (s.current.number, s.current.t_detect),
+        (1, 100),
+        "one recovery"
+    );
+    assert!(!s.exhausted());
+    // The attempt that was to stop slot 1 fails with no VM in flight: the last resort.
+    assert_eq!(s.begin(Cause::Panic, 0, 700, NO_SLOT), 4);
+    assert!(s.exhausted());
+}
+
+#[test]
+fn the_same_suspect_is_exhausted_after_max_attempts() {
+    let mut s = state();
+    for attempt in 1..=MAX_ATTEMPTS {
+        assert_eq!(s.begin(Cause::Panic, 0, u64::from(attempt), 2), attempt);
+        assert!(!s.exhausted(), "attempt {attempt}");
+    }
+    assert_eq!(s.begin(Cause::Panic, 0, 99, 2), MAX_ATTEMPTS + 1);
+    assert!(s.exhausted());
+}
+
+#[test]
+fn recovery_boots_are_bounded_whatever_the_suspects() {
+    let mut s = state();
+    s.begin(Cause::Vmx, 0, 0, 0);
+    for boot in 2..=MAX_RECOVERY_BOOTS {
+        // A different VM in flight each time: never the same suspect twice in a row.
+        s.begin(Cause::Vmx, 0, u64::from(boot), boot % 16);
+        assert!(!s.exhausted(), "boot {boot}");
+    }
+    s.begin(Cause::Vmx, 0, 1000, 5);
+    assert_eq!(s.current.attempts, MAX_RECOVERY_BOOTS + 1);
+    assert_eq!(s.suspect_attempts, 1);
+    assert!(s.exhausted());
+}
+
+#[test]
+fn a_new_recovery_forgets_the_last_ones_suspect_and_stops() {
+    let mut s = state();
+    s.begin(Cause::Vmx, 0, 1, 4);
+    s.begin(Cause::Vmx, 0, 2, 4);
+    s.stopped_slots = 1 << 4;
+    s.complete();
+    assert_eq!(s.begin(Cause::Vmx, 0, 3, 4), 1);
+    assert_eq!((s.suspect_attempts, s.stopped_slots), (1, 0));
 }
 
 #[test]
@@ -66,7 +139,10 @@ fn attempts_saturate() {
     let mut s = state();
     s.begin(Cause::Vmx, 0, 1, NO_SLOT);
     s.current.attempts = u32::MAX;
+    s.suspect_attempts = u32::MAX;
     assert_eq!(s.begin(Cause::Vmx, 0, 2, NO_SLOT), u32::MAX);
+    assert_eq!(s.current.attempts, u32::MAX);
+    assert!(s.exhausted());
 }
 
 #[test]

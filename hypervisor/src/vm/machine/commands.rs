@@ -95,6 +95,10 @@ impl Vms {
         let vm = &mut self.root.vms[slot];
         vm.set_state(VmState::Runnable);
         vm.set_stop_reason(format_args!(""));
+        // A fresh start: the failures it was in flight at, and a test's `bad-entry`, are
+        // forgotten (a guest's own reboot keeps them: it could otherwise launder them).
+        vm.suspect = arena::SuspectRecord::EMPTY;
+        vm.bad_entry = 0;
         log::info!("vm {name}: reset by the operator");
         writeln!(out, "vm {name}: reset")
     }
@@ -211,6 +215,31 @@ impl Vms {
             "recovery: {} recoveries since cold boot (generation {})",
             r.completed, self.root.header.generation
         )
+    }
+
+    /// Trigger `bad-entry NAME [NAME...]`: every VM entry of each named VM fails from now
+    /// on (all are marked before any VM runs again). Writes one line per VM, or the error.
+    pub fn bad_entry_for_test(&mut self, names: &str, out: &mut dyn Write) -> fmt::Result {
+        let mut slots: heapless::Vec<usize, MAX_VMS> = heapless::Vec::new();
+        for name in names.split_ascii_whitespace() {
+            match self.root.find_vm(name) {
+                Some(slot) if !slots.contains(&slot) => {
+                    let _ = slots.push(slot);
+                }
+                Some(_) => {}
+                None => return writeln!(out, "error: trigger bad-entry: no VM named '{name}'"),
+            }
+        }
+        for slot in slots {
+            let vm = &mut self.root.vms[slot];
+            vm.bad_entry = arena::suspect::BAD_ENTRY_ON;
+            writeln!(
+                out,
+                "trigger: bad-entry: every VM entry of vm {} fails from now on",
+                vm.name()
+            )?;
+        }
+        Ok(())
     }
 
     /// Trigger `corrupt-vm NAME`: breaks the VM's configuration checksum, which recovery

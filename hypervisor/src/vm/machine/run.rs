@@ -56,6 +56,9 @@ impl Vms {
         if crate::triggers::take_vmcs_host() {
             corrupt_host_state(vm);
         }
+        if self.triggers && vm.bad_entry == arena::suspect::BAD_ENTRY_ON {
+            break_guest_pat(vm);
+        }
         vm.vcpu.journal.phase = Phase::InGuest as u32;
         self.root.running = slot as u32 + 1;
         let vm = &mut self.root.vms[slot];
@@ -246,6 +249,7 @@ impl Vms {
             Trigger::RecoveryFail => self.root.recovery.fail_next_recovery = count,
             Trigger::CorruptVm => self.root.vms[slot].config_checksum ^= 1,
             Trigger::ArenaHeader => crate::triggers::overwrite_header(&mut self.root.header),
+            Trigger::BadEntry => self.root.vms[slot].bad_entry = arena::suspect::BAD_ENTRY_ON,
             Trigger::Deadlock => crate::triggers::deadlock(&self.root.lock),
             _ => {}
         }
@@ -450,6 +454,18 @@ fn corrupt_host_state(vm: &VmRecord) {
     );
     let cr4 = vmx::CurrentVmcs.read(VmcsField::HostCr4).unwrap_or(0);
     let _ = vmx::CurrentVmcs.write(VmcsField::HostCr4, cr4 & !(1 << 13));
+}
+
+/// Trigger `bad-entry`, before each VM entry of a VM it is on for: an invalid memory
+/// type in the guest IA32_PAT field of the current VMCS ([`crate::triggers::broken_pat`]),
+/// which VM entry must refuse (SDM Vol. 3C §27.3.1.1).
+fn break_guest_pat(vm: &VmRecord) {
+    log::warn!(
+        "trigger: bad-entry: an invalid guest IA32_PAT in vm {}'s VMCS",
+        vm.name()
+    );
+    let pat = vmx::CurrentVmcs.read(VmcsField::GuestIa32Pat).unwrap_or(0);
+    let _ = vmx::CurrentVmcs.write(VmcsField::GuestIa32Pat, crate::triggers::broken_pat(pat));
 }
 
 /// The exit as read from the current VMCS.
