@@ -338,7 +338,7 @@ fn a_failed_recovery_is_retried_and_a_corrupt_vm_is_stopped_alone() {
 }
 
 #[test]
-fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit_and_a_changed_exit() {
+fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit() {
     let dir = work_dir("recovery_testguest");
     let guest = test_guest();
     let modules: [(&Path, &str); 2] = [
@@ -364,23 +364,46 @@ fn test_guests_count_on_through_a_panic_and_failures_mid_exit_and_mid_commit_and
         commit.line
     );
     count_on(&mut m, 3);
-    // The exit changes after it was read (as a flipped frame pointer shows the run loop
-    // another exit): caught before its commit, rolled back, re-executed.
-    let flip = fire(&mut m, "exit-flip", "arena", 4);
-    assert_eq!(
-        flip.get("exits"),
-        1,
-        "the changed exit is rolled back: {}",
-        flip.line
-    );
-    count_on(&mut m, 3);
 
-    for r in [&panic, &mid, &commit, &flip] {
+    for r in [&panic, &mid, &commit] {
         assert_eq!(r.get("attempts"), 1, "{}", r.line);
         assert_eq!(r.get("stopped"), 0, "{}", r.line);
     }
     both_still_running(&mut m);
-    recovery_command(&mut m, &[panic, mid, commit, flip]);
+    recovery_command(&mut m, &[panic, mid, commit]);
+}
+
+#[test]
+fn an_exit_changed_after_it_was_read_is_caught_before_its_commit() {
+    // A flipped frame pointer shows the run loop another exit than the VMCS reported
+    // (campaign finding 14): the check before the commit catches it, nothing of the exit
+    // is committed, and recovery re-executes it. (Apart from the test above: three
+    // failures with one VM in flight within 10 s would stop that VM.)
+    let dir = work_dir("recovery_exit_flip");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 2] = [
+        (&guest, "vm=alpha elf mem=8M mode=work burn=20"),
+        (&guest, "vm=beta elf mem=8M mode=work burn=20"),
+    ];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    count_on(&mut m, 3);
+    let flip = fire(&mut m, "exit-flip", "arena", 1);
+    assert_eq!(
+        (flip.get("exits"), flip.get("attempts"), flip.get("stopped")),
+        (1, 1, 0),
+        "the changed exit is rolled back: {}",
+        flip.line
+    );
+    let warn = Regex::new(
+        r"^\[lazarus\] WARN  trigger: exit-flip: flipping bit 6 of exit \d+'s guest RIP in vm (?:alpha|beta)$",
+    )
+    .unwrap();
+    assert_eq!(m.lines().iter().filter(|l| warn.is_match(l)).count(), 1);
+    count_on(&mut m, 3);
+    both_still_running(&mut m);
+    recovery_command(&mut m, &[flip]);
 }
 
 /// Boots two test guests; `beta` fires `trigger=recovery-fail` with `count` through the
