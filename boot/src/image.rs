@@ -9,6 +9,8 @@ unsafe extern "C" {
     static __data_start: u8;
     static __bss_end: u8;
     static __image_end: u8;
+    static boot_stack_bottom: u8;
+    static boot_stack_top: u8;
 }
 
 fn addr(symbol: &u8) -> u64 {
@@ -31,6 +33,12 @@ pub fn pristine_payload() -> Range {
 pub fn code_end() -> u64 {
     // SAFETY: as above.
     unsafe { addr(&__data_start) }
+}
+
+/// The boot stack (`entry.rs`), on which the cold and recovery boots run the VMs.
+pub fn boot_stack() -> Range {
+    // SAFETY: as above (symbols of `entry.rs`).
+    unsafe { Range::new(addr(&boot_stack_bottom), addr(&boot_stack_top)) }
 }
 
 /// `.data` and `.bss`: the hypervisor's static data (what a data fault may hit).

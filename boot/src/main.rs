@@ -231,13 +231,14 @@ fn start_scrub() {
 }
 
 /// `inject=` on the command line: the injector may be armed, and aims at this image's
-/// static data, the heap and the arena's lock.
+/// static data, the heap, the run loop's stack and the arena's lock.
 fn enable_injector(layout: &memory::Layout, vms: Option<&Vms>) {
     use hypervisor::inject::machine;
     machine::enable();
     machine::set_targets(
         image::static_data(),
         layout.heap,
+        image::boot_stack(),
         vms.map_or(0, Vms::arena_lock_addr),
     );
 }

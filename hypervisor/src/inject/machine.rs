@@ -27,6 +27,7 @@ static STEPS_LEFT: AtomicU64 = AtomicU64::new(0);
 static PLAN: spin::Mutex<Option<Plan>> = spin::Mutex::new(None);
 static STATIC_DATA: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static HEAP: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static STACK: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static LOCK: AtomicUsize = AtomicUsize::new(0);
 /// The `inject:` line of the injection that fired, until someone prints it.
 static PENDING: AtomicBool = AtomicBool::new(false);
@@ -56,13 +57,15 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::SeqCst)
 }
 
-/// The memory data faults may hit, and the address of the lock lock faults leak (the
-/// arena's; 0 when there is none).
-pub fn set_targets(static_data: Range, heap: Range, lock_addr: u64) {
+/// The memory data faults may hit (static data, the heap, the run loop's stack), and the
+/// address of the lock lock faults leak (the arena's; 0 when there is none).
+pub fn set_targets(static_data: Range, heap: Range, stack: Range, lock_addr: u64) {
     STATIC_DATA[0].store(static_data.start, Ordering::SeqCst);
     STATIC_DATA[1].store(static_data.end, Ordering::SeqCst);
     HEAP[0].store(heap.start, Ordering::SeqCst);
     HEAP[1].store(heap.end, Ordering::SeqCst);
+    STACK[0].store(stack.start, Ordering::SeqCst);
+    STACK[1].store(stack.end, Ordering::SeqCst);
     LOCK.store(lock_addr as usize, Ordering::SeqCst);
 }
 
@@ -201,16 +204,22 @@ fn inject(plan: &Plan, frame: &mut ExceptionFrame) -> Done {
         }
         FaultType::Data => {
             let region = plan.region;
-            let r = match region {
-                DataRegion::Static => &STATIC_DATA,
-                DataRegion::Heap => &HEAP,
+            let load =
+                |r: &[AtomicU64; 2]| (r[0].load(Ordering::SeqCst), r[1].load(Ordering::SeqCst));
+            let (start, end) = match region {
+                DataRegion::Static => load(&STATIC_DATA),
+                DataRegion::Heap => load(&HEAP),
+                DataRegion::Stack => {
+                    let (bottom, top) = load(&STACK);
+                    Plan::stack_window(frame.rsp, bottom, top)
+                }
             };
-            let (start, end) = (r[0].load(Ordering::SeqCst), r[1].load(Ordering::SeqCst));
             let Some(address) = plan.data_address(start, end) else {
                 return Done::NoData { region };
             };
-            // SAFETY: an aligned word inside `.data`/`.bss` or the heap (identity-mapped
-            // RAM the hypervisor owns); flipping one of its bits is the fault.
+            // SAFETY: an aligned word inside `.data`/`.bss`, the heap or the used part
+            // of the run loop's stack (identity-mapped RAM the hypervisor owns, inside
+            // the ranges `set_targets` was given); flipping one of its bits is the fault.
             let (old, new) = unsafe {
                 let p = address as *mut u64;
                 let old = core::ptr::read_volatile(p);
