@@ -48,7 +48,7 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`).
-pub const TRIGGERS: [&str; 15] = [
+pub const TRIGGERS: [&str; 16] = [
     "panic",
     "pf",
     "gp",
@@ -64,6 +64,7 @@ pub const TRIGGERS: [&str; 15] = [
     "mid-commit",
     "code-flip",
     "arena-header",
+    "stack-overflow",
 ];
 
 impl Hypercall {

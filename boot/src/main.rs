@@ -14,7 +14,7 @@ mod entry;
 mod image;
 mod machine;
 
-use hypervisor::arch::{gdt, idt, instructions, nmi, pic, power, protect, serial, tsc};
+use hypervisor::arch::{gdt, idt, instructions, nmi, pic, power, protect, serial, stacks, tsc};
 use hypervisor::bootinfo::{self, BootInfo};
 use hypervisor::cmdline;
 use hypervisor::console::logger;
@@ -36,6 +36,10 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
     let entered = instructions::rdtsc();
     bring_up_cpu();
     info!("Lazarus {} cold boot", env!("CARGO_PKG_VERSION"));
+    match guard_stacks() {
+        Ok(n) => info!("memory: guard pages: an unmapped page below each of {n} stacks (boot, recovery, #DF, NMI, #MC)"),
+        Err(e) => warn!("memory: no guard pages below the stacks: {e}"),
+    }
 
     let boot = match read_boot_info(mbi) {
         Ok(boot) => boot,
@@ -213,6 +217,21 @@ fn bring_up_cpu() {
     nmi::unblock_nmis();
 }
 
+/// Unmaps the guard page below every stack (hypervisor/src/arch/stacks.rs): the boot and
+/// recovery stacks (boot/src/entry.rs) and every CPU's IST stacks. Both boots, first
+/// thing after the IDT (idempotent: the page tables survive a microreboot). Returns how
+/// many stacks are guarded.
+fn guard_stacks() -> Result<usize, stacks::GuardError> {
+    let mut all: heapless::Vec<stacks::Stack, { stacks::MAX_STACKS }> = heapless::Vec::new();
+    let ist = gdt::ist_stacks();
+    for stack in image::stacks().into_iter().chain(ist) {
+        all.push(stack)
+            .map_err(|_| stacks::GuardError::Layout(stacks::LayoutError::TooMany))?;
+    }
+    stacks::guard(&all)?;
+    Ok(all.len())
+}
+
 /// Starts the image scrub (`hypervisor::scrub`) once the pristine copy exists.
 /// Makes what nothing may write after cold boot read-only (hypervisor/src/arch/protect.rs):
 /// the image's code and read-only data, the recovery anchor's page, the pristine copy.
@@ -273,6 +292,9 @@ fn run(mut machine: machine::BootMachine, greeting: Option<&str>) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn lazarus_recovery_entry() -> ! {
     bring_up_cpu();
+    if let Err(e) = guard_stacks() {
+        warn!("memory: no guard pages below the stacks after recovery: {e}");
+    }
     // The dead instance may have left a prompt on the terminal: the first line printed
     // (a rolled-forward VM line, the failure report) replaces it like any log line.
     serial::set_prompt_line(&[machine::PROMPT.as_bytes()]);

@@ -45,10 +45,14 @@ pub enum Trigger {
     /// changed: [`overwrite_header`]), then a panic: the failure path must restore the
     /// header's fixed fields from the recovery anchor and recover as usual.
     ArenaHeader,
+    /// Unbounded recursion on the current stack ([`recurse`]): the first push into the
+    /// guard page below it faults, the #PF's own delivery faults again (#DF, on its IST
+    /// stack), and recovery goes on as from any exception (`arch::stacks`).
+    StackOverflow,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 15] = [
+    pub const ALL: [Trigger; 16] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -64,6 +68,7 @@ impl Trigger {
         Trigger::MidCommit,
         Trigger::CodeFlip,
         Trigger::ArenaHeader,
+        Trigger::StackOverflow,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -84,6 +89,7 @@ impl Trigger {
             Trigger::MidCommit => "mid-commit",
             Trigger::CodeFlip => "code-flip",
             Trigger::ArenaHeader => "arena-header",
+            Trigger::StackOverflow => "stack-overflow",
         }
     }
 
@@ -181,6 +187,9 @@ pub fn fire(trigger: Trigger) {
         }
         // The caller has overwritten the header ([`overwrite_header`]).
         Trigger::ArenaHeader => panic!("trigger: arena header overwritten"),
+        Trigger::StackOverflow => {
+            recurse(0);
+        }
         Trigger::CodeFlip => {
             let target = scrub_target as *const () as *mut u8;
             // SAFETY: the first byte of `scrub_target`, a function nothing calls: the
@@ -216,6 +225,18 @@ pub fn overwrite_header(header: &mut crate::arena::ArenaHeader) {
     header.base = header.base.wrapping_add(0x20_0000);
 }
 
+/// Trigger `stack-overflow`: calls itself with a 512-byte frame until the stack runs
+/// out. The frame is used after the call, so the recursion is neither a loop nor a tail
+/// call; `black_box` keeps the compiler from seeing that it never ends.
+#[inline(never)]
+pub fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 64]);
+    if core::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1).wrapping_add(frame[(depth % 64) as usize])
+}
+
 /// Code that never runs, for `code-flip` to change. Not inlined and kept, so it has an
 /// address of its own in `.text`.
 #[inline(never)]
@@ -246,10 +267,11 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header stack-overflow"
         );
         assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
-        assert_eq!(Trigger::from_number(15), None);
+        assert_eq!(Trigger::from_number(15), Some(Trigger::StackOverflow));
+        assert_eq!(Trigger::from_number(16), None);
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
             assert_eq!(
