@@ -48,7 +48,7 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`).
-pub const TRIGGERS: [&str; 16] = [
+pub const TRIGGERS: [&str; 17] = [
     "panic",
     "pf",
     "gp",
@@ -65,6 +65,7 @@ pub const TRIGGERS: [&str; 16] = [
     "code-flip",
     "arena-header",
     "stack-overflow",
+    "boot-record",
 ];
 
 impl Hypercall {

@@ -95,9 +95,16 @@ impl Machine for BootMachine {
             (Trigger::ArenaHeader, Some(vms)) => {
                 triggers::overwrite_header(&mut vms.root_mut().header)
             }
-            (Trigger::RecoveryFail | Trigger::CorruptVm | Trigger::ArenaHeader, None) => {
-                return writeln!(out, "error: trigger {}: VMX is not running", trigger.name())
+            (Trigger::BootRecord, Some(vms)) => {
+                triggers::overwrite_boot_record(&mut vms.root_mut().boot)
             }
+            (
+                Trigger::RecoveryFail
+                | Trigger::CorruptVm
+                | Trigger::ArenaHeader
+                | Trigger::BootRecord,
+                None,
+            ) => return writeln!(out, "error: trigger {}: VMX is not running", trigger.name()),
             _ => {}
         }
         log::warn!("trigger: firing '{}'", trigger.name());

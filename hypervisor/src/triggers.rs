@@ -49,10 +49,13 @@ pub enum Trigger {
     /// guard page below it faults, the #PF's own delivery faults again (#DF, on its IST
     /// stack), and recovery goes on as from any exception (`arch::stacks`).
     StackOverflow,
+    /// A stray write into the arena's boot record ([`overwrite_boot_record`]), then a
+    /// panic: the recovery boot must restore the record from its copy.
+    BootRecord,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 16] = [
+    pub const ALL: [Trigger; 17] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -69,6 +72,7 @@ impl Trigger {
         Trigger::CodeFlip,
         Trigger::ArenaHeader,
         Trigger::StackOverflow,
+        Trigger::BootRecord,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -90,6 +94,7 @@ impl Trigger {
             Trigger::CodeFlip => "code-flip",
             Trigger::ArenaHeader => "arena-header",
             Trigger::StackOverflow => "stack-overflow",
+            Trigger::BootRecord => "boot-record",
         }
     }
 
@@ -187,6 +192,8 @@ pub fn fire(trigger: Trigger) {
         }
         // The caller has overwritten the header ([`overwrite_header`]).
         Trigger::ArenaHeader => panic!("trigger: arena header overwritten"),
+        // The caller has overwritten the record ([`overwrite_boot_record`]).
+        Trigger::BootRecord => panic!("trigger: arena boot record overwritten"),
         Trigger::StackOverflow => {
             recurse(0);
         }
@@ -223,6 +230,13 @@ pub fn fire(trigger: Trigger) {
 pub fn overwrite_header(header: &mut crate::arena::ArenaHeader) {
     header.magic ^= 1 << 13;
     header.base = header.base.wrapping_add(0x20_0000);
+}
+
+/// Trigger `boot-record`: the stray write, before the panic. Changes the measured TSC
+/// frequency (a word the checksum covers) and leaves the checksum as it was: the record
+/// no longer matches it.
+pub fn overwrite_boot_record(record: &mut crate::arena::BootRecord) {
+    record.tsc_hz ^= 1 << 20;
 }
 
 /// Trigger `stack-overflow`: calls itself with a 512-byte frame until the stack runs
@@ -267,11 +281,12 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header stack-overflow"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header stack-overflow boot-record"
         );
         assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
         assert_eq!(Trigger::from_number(15), Some(Trigger::StackOverflow));
-        assert_eq!(Trigger::from_number(16), None);
+        assert_eq!(Trigger::from_number(16), Some(Trigger::BootRecord));
+        assert_eq!(Trigger::from_number(17), None);
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
             assert_eq!(

@@ -244,6 +244,7 @@ impl Vms {
             Trigger::RecoveryFail => self.root.recovery.fail_next_recovery = count,
             Trigger::CorruptVm => self.root.vms[slot].config_checksum ^= 1,
             Trigger::ArenaHeader => crate::triggers::overwrite_header(&mut self.root.header),
+            Trigger::BootRecord => crate::triggers::overwrite_boot_record(&mut self.root.boot),
             Trigger::Deadlock => crate::triggers::deadlock(&self.root.lock),
             _ => {}
         }
