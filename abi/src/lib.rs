@@ -51,8 +51,9 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`). Number 15, `bad-entry`, makes every later VM entry of the
-/// calling VM fail; 16, `exit-flip`, changes the next exit after it was read.
-pub const TRIGGERS: [&str; 17] = [
+/// calling VM fail; 16, `exit-flip`, changes the next exit after it was read;
+/// 17, `stack-overflow`, and 18, `boot-record`, are the stack and boot-record failures.
+pub const TRIGGERS: [&str; 19] = [
     "panic",
     "pf",
     "gp",
@@ -70,6 +71,8 @@ pub const TRIGGERS: [&str; 17] = [
     "arena-header",
     "bad-entry",
     "exit-flip",
+    "stack-overflow",
+    "boot-record",
 ];
 
 impl Hypercall {

@@ -79,6 +79,10 @@ boot_pd:
     .skip 4096 * 4
 boot_pt:
     .skip 4096
+    /* Guard page: unmapped at boot (hypervisor/src/arch/stacks.rs), so an overflow of the
+       boot stack faults instead of running into the page tables above. */
+boot_stack_guard:
+    .skip 4096
     .global boot_stack_bottom
 boot_stack_bottom:
     .skip 256 * 1024
@@ -89,6 +93,9 @@ boot_stack_top:
        corrupt) before it rewrites the image. */
     .section .stacks.recovery, "aw", @nobits
     .balign 4096
+    /* Guard page, as for the boot stack. */
+recovery_stack_guard:
+    .skip 4096
     .global recovery_stack_bottom
 recovery_stack_bottom:
     .skip 64 * 1024

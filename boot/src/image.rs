@@ -11,6 +11,8 @@ unsafe extern "C" {
     static __image_end: u8;
     static boot_stack_bottom: u8;
     static boot_stack_top: u8;
+    static recovery_stack_bottom: u8;
+    static recovery_stack_top: u8;
 }
 
 fn addr(symbol: &u8) -> u64 {
@@ -45,4 +47,25 @@ pub fn boot_stack() -> Range {
 pub fn static_data() -> Range {
     // SAFETY: as above.
     unsafe { Range::new(addr(&__data_start), addr(&__bss_end)) }
+}
+
+/// The stacks `entry` reserves (each with its guard page right below it): CPU 0's boot
+/// stack and the failure path's recovery stack.
+pub fn stacks() -> [hypervisor::arch::stacks::Stack; 2] {
+    use hypervisor::arch::stacks::Stack;
+    // SAFETY: as above (labels in boot/src/entry.rs).
+    unsafe {
+        [
+            Stack {
+                name: "boot",
+                bottom: addr(&boot_stack_bottom),
+                top: addr(&boot_stack_top),
+            },
+            Stack {
+                name: "recovery",
+                bottom: addr(&recovery_stack_bottom),
+                top: addr(&recovery_stack_top),
+            },
+        ]
+    }
 }

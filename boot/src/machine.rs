@@ -98,11 +98,15 @@ impl Machine for BootMachine {
             (Trigger::BadEntry, Some(vms)) => {
                 return vms.bad_entry_for_test(vm.unwrap_or(""), out);
             }
+            (Trigger::BootRecord, Some(vms)) => {
+                triggers::overwrite_boot_record(&mut vms.root_mut().boot)
+            }
             (
                 Trigger::RecoveryFail
                 | Trigger::CorruptVm
                 | Trigger::ArenaHeader
-                | Trigger::BadEntry,
+                | Trigger::BadEntry
+                | Trigger::BootRecord,
                 None,
             ) => return writeln!(out, "error: trigger {}: VMX is not running", trigger.name()),
             _ => {}

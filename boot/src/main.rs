@@ -14,7 +14,8 @@ mod entry;
 mod image;
 mod machine;
 
-use hypervisor::arch::{gdt, idt, instructions, nmi, pic, power, protect, serial, tsc};
+use hypervisor::arch::{gdt, idt, instructions, nmi, pic, power, protect, serial, stacks, tsc};
+use hypervisor::arena::boot::{BootRepair, PlatformRecord};
 use hypervisor::bootinfo::{self, BootInfo};
 use hypervisor::cmdline;
 use hypervisor::console::logger;
@@ -36,6 +37,10 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
     let entered = instructions::rdtsc();
     bring_up_cpu();
     info!("Lazarus {} cold boot", env!("CARGO_PKG_VERSION"));
+    match guard_stacks() {
+        Ok(n) => info!("memory: guard pages: an unmapped page below each of {n} stacks (boot, recovery, #DF, NMI, #MC)"),
+        Err(e) => warn!("memory: no guard pages below the stacks: {e}"),
+    }
 
     let boot = match read_boot_info(mbi) {
         Ok(boot) => boot,
@@ -133,20 +138,31 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         c.pin, c.proc, c.proc2, c.exit, c.entry
     );
     pic::remap_and_mask();
-    match watchdog::start(boot.rsdp.map(|r| (r.rsdt, r.xsdt))) {
-        Ok(pin) => info!(
-            "watchdog: NMI every {} ms from the PIT via IO-APIC pin {pin}, hang after {} ms",
-            watchdog::TICK_MS,
-            watchdog::HANG_MS
-        ),
-        Err(e) => warn!("watchdog: not armed: {e}; hangs will not be detected"),
-    }
+    let route = watchdog::find_route(boot.rsdp.map(|r| (r.rsdt, r.xsdt)));
+    let watchdog_route = match route.and_then(|route| watchdog::start(route).map(|_| route)) {
+        Ok(route) => {
+            info!(
+                "watchdog: NMI every {} ms from the PIT via IO-APIC pin {}, hang after {} ms",
+                watchdog::TICK_MS,
+                route.pin,
+                watchdog::HANG_MS
+            );
+            Some(route)
+        }
+        Err(e) => {
+            warn!("watchdog: not armed: {e}; hangs will not be detected");
+            None
+        }
+    };
     let mut layout = layout;
     let epoch = hypervisor::arch::cmos::epoch_seconds();
     let epoch_tsc = instructions::rdtsc();
     let mut vms = start_vms(&boot, &mut layout, caps, epoch);
     if let Some(vms) = vms.as_mut() {
-        vms.root_mut().boot.save(&boot, tsc_hz, epoch, epoch_tsc);
+        let platform = PlatformRecord::new(watchdog_route, power_off);
+        let record = &mut vms.root_mut().boot;
+        record.save(&boot, tsc_hz, epoch, epoch_tsc, platform);
+        recovery::save_boot_copy(record);
         vms.note_cold_boot(entered);
         if options.triggers {
             vms.enable_triggers();
@@ -164,7 +180,7 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
         }
         match write_protect(&layout) {
             Ok(()) => info!(
-                "memory: read-only: code and read-only data [{:#x}, {:#x}), recovery anchor, pristine copy [{:#x}, {:#x})",
+                "memory: read-only: code and read-only data [{:#x}, {:#x}), recovery anchor and boot record copy, pristine copy [{:#x}, {:#x})",
                 image::whole().start,
                 image::code_end(),
                 layout.pristine.start,
@@ -213,17 +229,35 @@ fn bring_up_cpu() {
     nmi::unblock_nmis();
 }
 
-/// Starts the image scrub (`hypervisor::scrub`) once the pristine copy exists.
+/// Unmaps the guard page below every stack (hypervisor/src/arch/stacks.rs): the boot and
+/// recovery stacks (boot/src/entry.rs) and every CPU's IST stacks. Both boots, first
+/// thing after the IDT (idempotent: the page tables survive a microreboot). Returns how
+/// many stacks are guarded.
+fn guard_stacks() -> Result<usize, stacks::GuardError> {
+    let mut all: heapless::Vec<stacks::Stack, { stacks::MAX_STACKS }> = heapless::Vec::new();
+    let ist = gdt::ist_stacks();
+    for stack in image::stacks().into_iter().chain(ist) {
+        all.push(stack)
+            .map_err(|_| stacks::GuardError::Layout(stacks::LayoutError::TooMany))?;
+    }
+    stacks::guard(&all)?;
+    Ok(all.len())
+}
+
 /// Makes what nothing may write after cold boot read-only (hypervisor/src/arch/protect.rs):
-/// the image's code and read-only data, the recovery anchor's page, the pristine copy.
-/// Again after each microreboot, which restored the image with CR0.WP off.
+/// the image's code and read-only data, the recovery anchor's page and the boot record's
+/// copy beside it, the pristine copy. Again after each microreboot, which restored the
+/// image with CR0.WP off.
 fn write_protect(layout: &memory::Layout) -> Result<(), protect::ProtectError> {
     let anchor = recovery::anchor_address();
+    let (copy_start, copy_end) = recovery::boot_copy_range();
     protect::write_protect(image::whole().start, image::code_end())?;
     protect::write_protect(anchor, anchor + 1)?;
+    protect::write_protect(copy_start, copy_end)?;
     protect::write_protect(layout.pristine.start, layout.pristine.end)
 }
 
+/// Starts the image scrub (`hypervisor::scrub`) once the pristine copy exists.
 fn start_scrub() {
     if let Some((regions, payload, sum)) = recovery::scrub_regions() {
         hypervisor::scrub::machine::start(regions, payload, sum);
@@ -274,6 +308,9 @@ fn run(mut machine: machine::BootMachine, greeting: Option<&str>) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn lazarus_recovery_entry() -> ! {
     bring_up_cpu();
+    if let Err(e) = guard_stacks() {
+        warn!("memory: no guard pages below the stacks after recovery: {e}");
+    }
     // The dead instance may have left a prompt on the terminal: the first line printed
     // (a rolled-forward VM line, the failure report) replaces it like any log line.
     serial::set_prompt_line(&[machine::PROMPT.as_bytes()]);
@@ -284,10 +321,15 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     if header_restored {
         warn!("recovery: the arena header was damaged during the recovery boot; its fixed fields were restored from the anchor");
     }
-    if !root.boot.is_intact() {
-        root.recovery.print_report();
-        error!("halted: recovery impossible: the arena's boot record is damaged");
-        instructions::halt_forever()
+    match recovery::reconcile_boot_record(&mut root.boot) {
+        BootRepair::Intact => {}
+        BootRepair::RestoredFromCopy => root.recovery.append_report(BOOT_RESTORED),
+        BootRepair::CopyRestored => root.recovery.append_report(BOOT_COPY_RESTORED),
+        BootRepair::BothDamaged => {
+            root.recovery.print_report();
+            error!("halted: recovery impossible: the arena's boot record and its copy are both damaged");
+            instructions::halt_forever()
+        }
     }
     let boot = &root.boot;
     let parsed = cmdline::parse(boot.cmdline());
@@ -298,8 +340,10 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     let modules: heapless::Vec<memory::Range, { bootinfo::MAX_MODULES }> =
         boot.modules().map(|(range, _)| range).collect();
     let mbi = (boot.mbi[0], boot.mbi[1]);
-    let boot_rsdp = boot.rsdp();
-    let power_off = boot_rsdp.and_then(|(rsdt, xsdt)| power::method(rsdt, xsdt).ok());
+    // What cold boot found in the ACPI tables, from the record: the tables themselves are
+    // not read again (a wild write may have destroyed them: campaign finding 7).
+    let power_off = boot.platform.power_off();
+    let watchdog_route = boot.platform.watchdog_route();
     let tsc_hz = boot.tsc_hz;
     let epoch = boot.epoch_at(instructions::rdtsc());
     let anchor_arena = (root.header.base, root.header.size);
@@ -330,8 +374,18 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     };
     pic::acknowledge_in_service();
     pic::remap_and_mask();
-    if let Err(e) = watchdog::start(boot_rsdp) {
-        warn!("watchdog: not armed after recovery: {e}; hangs will not be detected");
+    match watchdog_route {
+        Ok(Some(route)) => {
+            if let Err(e) = watchdog::start(route) {
+                warn!("watchdog: not armed after recovery: {e}; hangs will not be detected");
+            }
+        }
+        Ok(None) => warn!(
+            "watchdog: not armed after recovery: it was not armed at cold boot; hangs will not be detected"
+        ),
+        Err(e) => warn!(
+            "watchdog: not armed after recovery: the boot record's watchdog route is invalid ({e}); hangs will not be detected"
+        ),
     }
     let mut vms = match Vms::adopt(layout.arena, &mut layout.free, caps, &modules, epoch) {
         Ok(vms) => vms,
@@ -377,6 +431,14 @@ extern "C" fn lazarus_recovery_entry() -> ! {
     };
     run(machine, None)
 }
+
+/// The report lines of a recovery boot that found the arena's boot record, or its copy,
+/// damaged and repaired it from the other (fixed text, like the failure path's line for
+/// the arena header).
+const BOOT_RESTORED: &str =
+    "recovery: the arena's boot record was damaged; it was restored from its copy\n";
+const BOOT_COPY_RESTORED: &str =
+    "recovery: the copy of the arena's boot record was damaged; it was restored from the arena\n";
 
 /// Turns VMX on, lays out the arena and creates a VM for every module that describes
 /// one. A module with a mistake gets one error line; the others still start.

@@ -86,7 +86,17 @@ impl fmt::Display for Failure<'_> {
                     f,
                     "hypervisor failure: exception {mnemonic} {name} (vector {vector}) error_code={:#x} rip={:#x}",
                     frame.error_code, frame.rip
-                )
+                )?;
+                // A push into a stack's guard page is a #PF whose delivery faults again:
+                // a #DF, with CR2 in the guard page (`arch::stacks`).
+                let cr2 = fault_address();
+                match crate::arch::stacks::guard_hit(cr2) {
+                    Some(stack) if matches!(vector, 8 | 14) => write!(
+                        f,
+                        ": stack overflow: the guard page below the {stack} stack was hit (cr2={cr2:#x})"
+                    ),
+                    _ => Ok(()),
+                }
             }
             Failure::Vmx { what, vm, error } => write!(
                 f,
@@ -129,6 +139,18 @@ impl fmt::Display for Failure<'_> {
             ),
         }
     }
+}
+
+/// CR2: the address of the last page fault.
+#[cfg(target_os = "none")]
+fn fault_address() -> u64 {
+    crate::arch::instructions::control_registers()[1]
+}
+
+/// Unit tests cannot read CR2: no page fault.
+#[cfg(not(target_os = "none"))]
+fn fault_address() -> u64 {
+    0
 }
 
 /// What happens after a failure: `failure` and how deep in nested failures this one is

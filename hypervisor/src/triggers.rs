@@ -54,10 +54,17 @@ pub enum Trigger {
     /// flipped frame pointer would show the run loop another exit (campaign finding 14):
     /// the check before the commit must catch it (armed; fires at the next VM exit).
     ExitFlip,
+    /// Unbounded recursion on the current stack ([`recurse`]): the first push into the
+    /// guard page below it faults, the #PF's own delivery faults again (#DF, on its IST
+    /// stack), and recovery goes on as from any exception (`arch::stacks`).
+    StackOverflow,
+    /// A stray write into the arena's boot record ([`overwrite_boot_record`]), then a
+    /// panic: the recovery boot must restore the record from its copy.
+    BootRecord,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 17] = [
+    pub const ALL: [Trigger; 19] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -75,6 +82,8 @@ impl Trigger {
         Trigger::ArenaHeader,
         Trigger::BadEntry,
         Trigger::ExitFlip,
+        Trigger::StackOverflow,
+        Trigger::BootRecord,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -97,6 +106,8 @@ impl Trigger {
             Trigger::ArenaHeader => "arena-header",
             Trigger::BadEntry => "bad-entry",
             Trigger::ExitFlip => "exit-flip",
+            Trigger::StackOverflow => "stack-overflow",
+            Trigger::BootRecord => "boot-record",
         }
     }
 
@@ -207,6 +218,11 @@ pub fn fire(trigger: Trigger) {
         }
         // The caller has overwritten the header ([`overwrite_header`]).
         Trigger::ArenaHeader => panic!("trigger: arena header overwritten"),
+        // The caller has overwritten the record ([`overwrite_boot_record`]).
+        Trigger::BootRecord => panic!("trigger: arena boot record overwritten"),
+        Trigger::StackOverflow => {
+            recurse(0);
+        }
         Trigger::CodeFlip => {
             let target = scrub_target as *const () as *mut u8;
             // SAFETY: the first byte of `scrub_target`, a function nothing calls: the
@@ -254,6 +270,25 @@ pub fn overwrite_header(header: &mut crate::arena::ArenaHeader) {
     header.base = header.base.wrapping_add(0x20_0000);
 }
 
+/// Trigger `boot-record`: the stray write, before the panic. Changes the measured TSC
+/// frequency (a word the checksum covers) and leaves the checksum as it was: the record
+/// no longer matches it.
+pub fn overwrite_boot_record(record: &mut crate::arena::BootRecord) {
+    record.tsc_hz ^= 1 << 20;
+}
+
+/// Trigger `stack-overflow`: calls itself with a 512-byte frame until the stack runs
+/// out. The frame is used after the call, so the recursion is neither a loop nor a tail
+/// call; `black_box` keeps the compiler from seeing that it never ends.
+#[inline(never)]
+pub fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 64]);
+    if core::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1).wrapping_add(frame[(depth % 64) as usize])
+}
+
 /// Code that never runs, for `code-flip` to change. Not inlined and kept, so it has an
 /// address of its own in `.text`.
 #[inline(never)]
@@ -284,12 +319,14 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record"
         );
         assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
         assert_eq!(Trigger::from_number(15), Some(Trigger::BadEntry));
         assert_eq!(Trigger::from_number(16), Some(Trigger::ExitFlip));
-        assert_eq!(Trigger::from_number(17), None);
+        assert_eq!(Trigger::from_number(17), Some(Trigger::StackOverflow));
+        assert_eq!(Trigger::from_number(18), Some(Trigger::BootRecord));
+        assert_eq!(Trigger::from_number(19), None);
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
             assert_eq!(

@@ -6,7 +6,9 @@
 //! routed through the I/O APIC with delivery mode NMI to the boot CPU's local APIC. Not a
 //! performance counter: Bochs has no usable PMU. The 8259 pair stays fully masked, so IRQ
 //! 0 reaches the CPU only as this NMI. Where the PIT's IRQ 0 arrives (which I/O APIC, which
-//! pin, which polarity) comes from the ACPI MADT.
+//! pin, which polarity) comes from the ACPI MADT, read once at cold boot ([`find_route`]);
+//! the route is kept in the arena's boot record, and a recovery boot arms the watchdog
+//! from there, without reading firmware tables a wild write may have destroyed.
 //!
 //! Ticks arrive two ways:
 //! - in the host, as an NMI through the IDT: [`on_host_nmi`] compares the heartbeat with
@@ -160,15 +162,25 @@ pub fn pet() {
     h.store(h.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
-/// Arms the watchdog: finds the I/O APIC pin of the PIT's IRQ 0 in the MADT (from the
-/// RSDT/XSDT the boot loader gave, or from an RSDP found in the BIOS areas), enables the
-/// local APIC, masks every I/O APIC pin but that one, programs it to send an NMI to this
-/// CPU, and starts the PIT at [`TICK_HZ`]. Returns the I/O APIC pin; prints nothing (a
-/// recovery boot re-arms it silently; cold boot prints the `watchdog:` line).
+/// Where the PIT's IRQ 0 reaches an I/O APIC: what [`find_route`] reads from the MADT
+/// at cold boot, kept in the arena's boot record for the recovery boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Physical address of the I/O APIC's registers.
+    pub ioapic: u64,
+    /// Its input pin.
+    pub pin: u32,
+    pub polarity: crate::acpi::Polarity,
+}
+
+/// Finds the route of the PIT's IRQ 0 in the MADT (from the RSDT/XSDT the boot loader
+/// gave, or from an RSDP found in the BIOS areas): the ISA override for IRQ 0, if any,
+/// and the I/O APIC that receives its GSI. Cold boot only: a recovery boot takes the
+/// route from the boot record instead of reading firmware tables again.
 ///
 /// # Errors
-/// [`WatchdogError`]: the watchdog is not armed and hangs are not detected.
-pub fn start(acpi_roots: Option<(u32, Option<u64>)>) -> Result<u32, WatchdogError> {
+/// [`WatchdogError`] when there is no RSDP, no usable MADT, or no I/O APIC for the GSI.
+pub fn find_route(acpi_roots: Option<(u32, Option<u64>)>) -> Result<Route, WatchdogError> {
     let (rsdt, xsdt) = acpi_roots
         .or_else(|| power::scan_for_rsdp().and_then(power::rsdp_at))
         .ok_or(WatchdogError::NoRsdp)?;
@@ -177,8 +189,28 @@ pub fn start(acpi_roots: Option<(u32, Option<u64>)>) -> Result<u32, WatchdogErro
     let (entry, pin) = madt
         .io_apic_for(route.gsi)
         .ok_or(WatchdogError::NoIoApicFor { gsi: route.gsi })?;
+    log::debug!(
+        "watchdog: the MADT lists APIC ID {:?} first",
+        madt.boot_cpu_apic_id
+    );
+    Ok(Route {
+        ioapic: u64::from(entry.address),
+        pin,
+        polarity: route.polarity,
+    })
+}
+
+/// Arms the watchdog on `route`: enables the local APIC, masks every I/O APIC pin but
+/// the route's, programs it to send an NMI to this CPU, and starts the PIT at
+/// [`TICK_HZ`]. Returns the I/O APIC pin; prints nothing (a recovery boot re-arms it
+/// silently; cold boot prints the `watchdog:` line).
+///
+/// # Errors
+/// [`WatchdogError`]: the watchdog is not armed and hangs are not detected.
+pub fn start(route: Route) -> Result<u32, WatchdogError> {
+    let Route { pin, polarity, .. } = route;
     let apic = lapic::enable().map_err(WatchdogError::Lapic)?;
-    let ioapic = IoApic::at(u64::from(entry.address)).map_err(WatchdogError::IoApic)?;
+    let ioapic = IoApic::at(route.ioapic).map_err(WatchdogError::IoApic)?;
     let pins = ioapic.pins();
     if pin >= pins {
         return Err(WatchdogError::PinOutOfRange { pin, pins });
@@ -194,17 +226,7 @@ pub fn start(acpi_roots: Option<(u32, Option<u64>)>) -> Result<u32, WatchdogErro
     let &(ioapic, pin) = TARGET.call_once(|| (ioapic, pin));
     ARMED.store(true, Ordering::SeqCst);
     pit::start_rate_generator(TICK_HZ);
-    ioapic.set_entry(pin, RedirectionEntry::nmi(apic.id(), route.polarity));
-    if madt
-        .boot_cpu_apic_id
-        .is_some_and(|id| id != u32::from(apic.id()))
-    {
-        log::debug!(
-            "watchdog: the MADT lists APIC ID {:?} first, this CPU is {}",
-            madt.boot_cpu_apic_id,
-            apic.id()
-        );
-    }
+    ioapic.set_entry(pin, RedirectionEntry::nmi(apic.id(), polarity));
     Ok(pin)
 }
 

@@ -13,7 +13,8 @@ use core::arch::global_asm;
 use core::fmt::Write;
 
 use hypervisor::arch::{instructions, serial, vmx};
-use hypervisor::arena::{ArenaRoot, VmState};
+use hypervisor::arena::boot::{self, BootRepair};
+use hypervisor::arena::{ArenaRoot, BootRecord, VmState};
 use hypervisor::failure::{self, Failure};
 use hypervisor::memory::Range;
 
@@ -147,6 +148,47 @@ unsafe extern "C" {
         depth: u32,
         then: extern "C" fn(*const core::ffi::c_void, u32) -> !,
     ) -> !;
+}
+
+/// The second copy of the arena's boot record (`hypervisor::arena::boot`): written once at
+/// cold boot, beside the anchor in `.stacks` (its own pages, `linker.ld`), read-only from
+/// then on, so a single wild write cannot take it and the arena's record out together.
+#[repr(C, align(4096))]
+struct BootCopy(core::mem::MaybeUninit<BootRecord>);
+
+#[unsafe(link_section = ".stacks.record")]
+static mut BOOT_COPY: BootCopy = BootCopy(core::mem::MaybeUninit::zeroed());
+
+/// Where the copy is (`BootCopy` is `repr(C)`: the record is at its start).
+fn boot_copy() -> *mut BootRecord {
+    (&raw mut BOOT_COPY).cast()
+}
+
+/// The copy's pages: `[start, end)`.
+pub fn boot_copy_range() -> (u64, u64) {
+    let start = (&raw const BOOT_COPY) as u64;
+    (start, start + core::mem::size_of::<BootCopy>() as u64)
+}
+
+/// Cold boot: the copy of `record` (already saved and sealed), before the copy's pages
+/// are made read-only.
+pub fn save_boot_copy(record: &BootRecord) {
+    // SAFETY: BOOT_COPY is reserved for the copy; nothing else references it; cold boot
+    // runs on one CPU.
+    unsafe { boot_copy().write(*record) };
+}
+
+/// The recovery boot: checks the arena's boot record against its copy and repairs the
+/// damaged one from the other (`hypervisor::arena::boot::reconcile`); writing the copy
+/// opens a CR0.WP window (its pages are read-only).
+pub fn reconcile_boot_record(original: &mut BootRecord) -> BootRepair {
+    hypervisor::arch::protect::with_writes_allowed(|| {
+        // SAFETY: the copy's reserved area, zeroed at cold boot and written by
+        // `save_boot_copy`; any bit pattern is a valid BootRecord (plain integers), and
+        // nothing else references it while this runs (one CPU, interrupts masked).
+        let copy = unsafe { &mut *boot_copy() };
+        boot::reconcile(original, copy)
+    })
 }
 
 /// Bytes of the recovery stack each nesting depth gets: a failure inside the failure

@@ -17,7 +17,10 @@ mod failpath;
 pub mod passes;
 
 #[cfg(target_os = "none")]
-pub use failpath::{anchor_address, arena, on_failure, scrub_regions, take_pristine};
+pub use failpath::{
+    anchor_address, arena, boot_copy_range, on_failure, reconcile_boot_record, save_boot_copy,
+    scrub_regions, take_pristine,
+};
 
 #[cfg(target_os = "none")]
 pub use machine::repair;

@@ -2,7 +2,8 @@
 //! the other in one run, while three Linux VMs run their self-checking workloads; a
 //! recovery that fails once and a VM whose record is corrupt; and quick checks with the
 //! in-tree test guest (among them a stray write into the arena header, which the failure
-//! path repairs from the recovery anchor). A recovery must be, to a VM, only a stall: every workload line is
+//! path repairs from the recovery anchor, one into the arena's boot record, which the
+//! recovery boot repairs from its copy, and a stack overflow into a guard page). A recovery must be, to a VM, only a stall: every workload line is
 //! still checked (checksum, no sequence gap, uptime never going backwards), each VM
 //! keeps making progress, no VM boots again, and a VM created afterwards boots and runs.
 
@@ -844,4 +845,159 @@ fn two_vms_that_break_every_vm_entry_are_both_stopped_without_a_halt() {
         );
     }
     still_running(&mut m, &[("gamma", 3)]);
+}
+
+/// The cold boot's line saying every stack has its guard page (boot, recovery, and the
+/// three IST stacks of each of the 8 CPUs the tables are sized for).
+const GUARDS: &str = "[lazarus] INFO  memory: guard pages: an unmapped page below each of 26 stacks (boot, recovery, #DF, NMI, #MC)";
+
+/// The report line of a stack overflow into the boot stack's guard page: the #PF of the
+/// first push below the stack could not be delivered on that stack, hence a #DF.
+const OVERFLOW: &str = r"^\[lazarus\] ERROR hypervisor failure: exception #DF double fault \(vector 8\) error_code=0x0 rip=0x[0-9a-f]+: stack overflow: the guard page below the boot stack was hit \(cr2=0x[0-9a-f]+\)$";
+
+#[test]
+fn a_stack_overflow_in_the_hypervisor_hits_the_guard_page_and_is_recovered() {
+    // beta makes the hypervisor recurse without end through the `trigger` hypercall after
+    // its second work line (recovery 1); then the console does it again (recovery 2).
+    let dir = work_dir("recovery_stack_overflow");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 2] = [
+        (&guest, "vm=alpha elf mem=8M mode=work burn=20"),
+        (
+            &guest,
+            "vm=beta elf mem=8M mode=work burn=20 trigger=stack-overflow trigger-after=2",
+        ),
+    ];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.expect_line(&format!("^{}$", regex::escape(GUARDS)), BOOT);
+    m.wait_prompt(BOOT);
+    m.expect_line(
+        r"^\[lazarus\] WARN  trigger: vm beta fires 'stack-overflow' \(count 1\)$",
+        RECOVERY,
+    );
+    let halted = r"^\[lazarus\] ERROR halted";
+    m.expect_line_not_after(OVERFLOW, halted, RECOVERY);
+    for first in ["rax", "rsi", "r8", "r12", "rip", "cr0"] {
+        m.expect_line(
+            &format!(r"^\[lazarus\] ERROR   {first}=0x[0-9a-f]{{16}} "),
+            RECOVERY,
+        );
+    }
+    let line = m.expect_line_not_after(
+        r"^\[lazarus\] INFO  recovery 1: cause=exception#DF ",
+        &format!(r"{halted}|^\[lazarus\] ERROR hypervisor failure"),
+        RECOVERY,
+    );
+    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!(
+        (
+            first.get("attempts"),
+            first.get("stopped"),
+            first.get("runnable")
+        ),
+        (1, 0, 2),
+        "{line}"
+    );
+    m.wait_for_text("[beta] trigger stack-overflow result=0\n", RUN);
+    count_on(&mut m, 3);
+
+    // The same from the console: the recovery boot put the guard back (it is kept).
+    let second = fire(&mut m, "stack-overflow", "exception#DF", 2);
+    assert_eq!(
+        (second.get("attempts"), second.get("stopped")),
+        (1, 0),
+        "{}",
+        second.line
+    );
+    count_on(&mut m, 3);
+
+    let t = m.transcript();
+    let overflow = Regex::new(OVERFLOW).unwrap();
+    assert_eq!(
+        t.lines().filter(|l| overflow.is_match(visible(l))).count(),
+        2,
+        "both overflows are named as such"
+    );
+    assert!(!t.contains("ERROR halted"), "no halt");
+    assert!(
+        !t.contains("no guard pages"),
+        "the guards went in at every boot"
+    );
+    both_still_running(&mut m);
+    recovery_command(&mut m, &[first, second]);
+}
+
+/// The report line of a recovery boot that found the arena's boot record damaged.
+const BOOT_RESTORED: &str =
+    "[lazarus] ERROR recovery: the arena's boot record was damaged; it was restored from its copy";
+
+#[test]
+fn a_stray_write_into_the_boot_record_is_repaired_from_its_copy() {
+    // beta damages the arena's boot record through the `trigger` hypercall (recovery 1);
+    // a hang then shows the watchdog armed again after that recovery, from the route the
+    // record keeps (recovery 2); the console damages the record again (recovery 3); and
+    // `shutdown` powers off with the method the record keeps.
+    let dir = work_dir("recovery_boot_record");
+    let guest = test_guest();
+    let modules: [(&Path, &str); 2] = [
+        (&guest, "vm=alpha elf mem=8M mode=work burn=20"),
+        (
+            &guest,
+            "vm=beta elf mem=8M mode=work burn=20 trigger=boot-record trigger-after=2",
+        ),
+    ];
+    let iso = image_with_modules(&dir, "triggers=on", Firmware::BiosOnly, &modules);
+    let mut m = Machine::boot(&dir, Platform::Bochs, &iso, 256);
+    m.wait_prompt(BOOT);
+    m.expect_line(
+        r"^\[lazarus\] WARN  trigger: vm beta fires 'boot-record' \(count 1\)$",
+        RECOVERY,
+    );
+    let halted = r"^\[lazarus\] ERROR halted";
+    m.expect_line_not_after(
+        r"^\[lazarus\] ERROR hypervisor failure: panic at \S+: trigger: arena boot record overwritten$",
+        halted,
+        RECOVERY,
+    );
+    m.expect_line_not_after(
+        &format!("^{}$", regex::escape(BOOT_RESTORED)),
+        &format!(r"{halted}|^\[lazarus\] INFO  recovery \d+: "),
+        RECOVERY,
+    );
+    let line = m.expect_line_not_after(
+        r"^\[lazarus\] INFO  recovery 1: cause=panic ",
+        &format!(r"{halted}|^\[lazarus\] ERROR hypervisor failure"),
+        RECOVERY,
+    );
+    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!(
+        (first.get("attempts"), first.get("stopped")),
+        (1, 0),
+        "{line}"
+    );
+    m.wait_for_text("[beta] trigger boot-record result=0\n", RUN);
+    count_on(&mut m, 3);
+
+    let hang = fire(&mut m, "hang", "hang", 2);
+    count_on(&mut m, 2);
+    let third = fire(&mut m, "boot-record", "panic", 3);
+    count_on(&mut m, 3);
+
+    let t = m.transcript();
+    assert_eq!(
+        t.lines().filter(|l| visible(l) == BOOT_RESTORED).count(),
+        2,
+        "one line per damaged record"
+    );
+    assert!(!t.contains("ERROR halted"), "no halt");
+    assert!(
+        !t.contains("watchdog: not armed"),
+        "the watchdog was armed again at every recovery"
+    );
+    both_still_running(&mut m);
+    recovery_command(&mut m, &[first, hang, third]);
+    m.send_line("shutdown");
+    m.expect_line(r"^\[lazarus\] INFO  shutdown: powering off$", RUN);
+    m.wait_exit(RUN);
 }

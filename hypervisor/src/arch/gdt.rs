@@ -33,24 +33,68 @@ pub const IST_MACHINE_CHECK: u8 = 3;
 /// Bytes per IST stack.
 pub const IST_STACK_SIZE: usize = 16 * 1024;
 
+/// One IST stack with its guard page right below it (`arch::stacks`): the guard is
+/// reserved here, so nothing else can be placed there, and unmapped at boot.
 #[repr(C, align(4096))]
-struct IstStacks([[u8; IST_STACK_SIZE]; 3]);
+struct IstStack {
+    guard: [u8; 4096],
+    stack: [u8; IST_STACK_SIZE],
+}
 
 /// The IST stacks of every CPU, in the image's `.stacks` section (transient memory: not
 /// part of the pristine copy, never preserved).
 #[unsafe(link_section = ".stacks")]
-static mut IST_STACKS: [IstStacks; MAX_CPUS] =
-    [const { IstStacks([[0; IST_STACK_SIZE]; 3]) }; MAX_CPUS];
+static mut IST_STACKS: [[IstStack; 3]; MAX_CPUS] = [const {
+    [const {
+        IstStack {
+            guard: [0; 4096],
+            stack: [0; IST_STACK_SIZE],
+        }
+    }; 3]
+}; MAX_CPUS];
 
 static TSS: [spin::Once<TaskStateSegment>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
 static GDT: [spin::Once<(GlobalDescriptorTable, SegmentSelector, SegmentSelector)>; MAX_CPUS] =
     [const { spin::Once::new() }; MAX_CPUS];
 
-fn ist_top(cpu: usize, slot: u8) -> VirtAddr {
+/// The lowest address of IST stack `slot` (1-based) of CPU `cpu`.
+fn ist_bottom(cpu: usize, slot: u8) -> u64 {
     // SAFETY: only the address is computed; the stacks are used by the CPU alone, through
     // the TSS, and each CPU's slots are distinct.
-    let stack = unsafe { core::ptr::addr_of!(IST_STACKS[cpu].0[usize::from(slot) - 1]) };
-    VirtAddr::new(stack as u64 + IST_STACK_SIZE as u64)
+    unsafe { core::ptr::addr_of!(IST_STACKS[cpu][usize::from(slot) - 1].stack) as u64 }
+}
+
+/// The top of IST stack `slot` (1-based) of CPU `cpu`: what the TSS holds.
+pub fn ist_top(cpu: usize, slot: u8) -> VirtAddr {
+    VirtAddr::new(ist_bottom(cpu, slot) + IST_STACK_SIZE as u64)
+}
+
+/// Every CPU's IST stacks, for `arch::stacks` (their guard pages are the pages below).
+pub fn ist_stacks() -> impl Iterator<Item = super::stacks::Stack> {
+    (0..MAX_CPUS).flat_map(|cpu| {
+        [
+            (IST_DOUBLE_FAULT, "#DF"),
+            (IST_NMI, "NMI"),
+            (IST_MACHINE_CHECK, "#MC"),
+        ]
+        .into_iter()
+        .map(move |(slot, name)| super::stacks::Stack {
+            name,
+            bottom: ist_bottom(cpu, slot),
+            top: ist_top(cpu, slot).as_u64(),
+        })
+    })
+}
+
+/// Whether `addr` is one of the guard pages reserved below the IST stacks.
+pub fn is_ist_guard(addr: u64) -> bool {
+    (0..MAX_CPUS).any(|cpu| {
+        (0..3).any(|k| {
+            // SAFETY: only the address is taken.
+            let guard = unsafe { core::ptr::addr_of!(IST_STACKS[cpu][k].guard) } as u64;
+            guard == addr
+        })
+    })
 }
 
 /// Builds (once) and loads CPU `cpu`'s GDT and TSS, and reloads every segment register.

@@ -14,6 +14,7 @@ pub mod pit;
 pub mod power;
 pub mod protect;
 pub mod serial;
+pub mod stacks;
 pub mod tsc;
 pub mod vmentry;
 pub mod vmx;

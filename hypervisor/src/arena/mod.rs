@@ -36,7 +36,7 @@ use crate::vmx::fields::GuestRegisters;
 /// "LZARENA1".
 pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"LZARENA1");
 /// Bumped whenever any `#[repr(C)]` type in the arena changes shape.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// How many VMs the table holds.
 pub const MAX_VMS: usize = 16;
 /// Longest VM name (bytes, ASCII).

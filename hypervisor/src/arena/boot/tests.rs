@@ -1,5 +1,6 @@
 use super::*;
 use crate::bootinfo::{MemoryRegion, Module, Rsdp};
+use crate::watchdog::Route;
 use std::boxed::Box;
 use std::vec::Vec;
 
@@ -52,6 +53,29 @@ fn boot_info() -> BootInfo {
     }
 }
 
+/// What cold boot finds in Bochs's firmware tables: IRQ 0 overridden to GSI 2 of the I/O
+/// APIC at 0xfec00000, active high; S5 through PM1a_CNT at 0xb004 with SLP_TYPa 0.
+fn route() -> Route {
+    Route {
+        ioapic: 0xfec0_0000,
+        pin: 2,
+        polarity: Polarity::ActiveHigh,
+    }
+}
+
+fn power() -> PowerOff {
+    PowerOff {
+        pm1a_cnt: 0xb004,
+        pm1b_cnt: None,
+        slp_typ_a: 0,
+        slp_typ_b: 0,
+    }
+}
+
+fn platform() -> PlatformRecord {
+    PlatformRecord::new(Some(route()), Some(power()))
+}
+
 fn record() -> Box<BootRecord> {
     // SAFETY: BootRecord is made of integers and arrays of integers only; all-zero bytes
     // are a valid value (and the record in a fresh arena starts that way).
@@ -60,7 +84,7 @@ fn record() -> Box<BootRecord> {
 
 fn saved(boot: &BootInfo) -> Box<BootRecord> {
     let mut r = record();
-    r.save(boot, TSC_HZ, EPOCH, EPOCH_TSC);
+    r.save(boot, TSC_HZ, EPOCH, EPOCH_TSC, platform());
     r
 }
 
@@ -193,7 +217,7 @@ fn saving_again_replaces_the_previous_configuration() {
     boot.modules.truncate(1);
     boot.modules[0].string = heapless::String::try_from("/k").unwrap();
     boot.regions.truncate(2);
-    r.save(&boot, TSC_HZ, EPOCH, EPOCH_TSC);
+    r.save(&boot, TSC_HZ, EPOCH, EPOCH_TSC, platform());
     assert!(r.is_intact());
     assert_eq!(r.cmdline(), "short");
     assert_eq!(r.regions().count(), 2);
@@ -280,6 +304,140 @@ fn wall_clock_advances_with_the_tsc() {
     assert_eq!(r.epoch_at(0), EPOCH, "a TSC before the reading");
 
     let mut boot_r = record();
-    boot_r.save(&boot_info(), 0, EPOCH, EPOCH_TSC);
+    boot_r.save(&boot_info(), 0, EPOCH, EPOCH_TSC, platform());
     assert_eq!(boot_r.epoch_at(u64::MAX), EPOCH, "no TSC frequency");
+}
+
+#[test]
+fn the_watchdog_route_and_the_power_off_method_round_trip() {
+    let r = saved(&boot_info());
+    assert_eq!(r.platform.watchdog_route(), Ok(Some(route())));
+    assert_eq!(r.platform.power_off(), Some(power()));
+
+    let low = Route {
+        ioapic: 0xfec0_1000,
+        pin: 23,
+        polarity: Polarity::ActiveLow,
+    };
+    let both = PowerOff {
+        pm1a_cnt: 0x404,
+        pm1b_cnt: Some(0x408),
+        slp_typ_a: 5,
+        slp_typ_b: 7,
+    };
+    let p = PlatformRecord::new(Some(low), Some(both));
+    assert_eq!(p.watchdog_route(), Ok(Some(low)));
+    assert_eq!(p.power_off(), Some(both));
+
+    let none = PlatformRecord::new(None, None);
+    assert_eq!(none.watchdog_route(), Ok(None), "not armed at cold boot");
+    assert_eq!(none.power_off(), None);
+}
+
+#[test]
+fn recorded_values_that_no_firmware_table_gives_are_refused() {
+    let good = platform();
+    type Corrupt = fn(&mut PlatformRecord);
+    let cases: [(Corrupt, &str); 5] = [
+        (|p| p.watchdog = 2, "bad presence flag"),
+        (|p| p.watchdog_ioapic = 0, "I/O APIC address out of range"),
+        (
+            |p| p.watchdog_ioapic = 0x1_fec0_0000,
+            "I/O APIC address out of range",
+        ),
+        (|p| p.watchdog_pin = 256, "pin out of range"),
+        (|p| p.watchdog_polarity = 2, "bad polarity"),
+    ];
+    for (corrupt, why) in cases {
+        let mut p = good;
+        corrupt(&mut p);
+        assert_eq!(p.watchdog_route(), Err(why));
+    }
+    let power_cases: [fn(&mut PlatformRecord); 5] = [
+        |p| p.power_off = 2,
+        |p| p.pm1a_cnt = 0,
+        |p| p.pm1a_cnt = 0x1_0000,
+        |p| p.pm1b_cnt = 0x1_0000,
+        |p| p.slp_typ_a = 8,
+    ];
+    for (i, corrupt) in power_cases.into_iter().enumerate() {
+        let mut p = good;
+        corrupt(&mut p);
+        assert_eq!(p.power_off(), None, "case {i}");
+    }
+}
+
+#[test]
+fn reconcile_leaves_two_intact_records_alone() {
+    let (mut original, mut copy) = (saved(&boot_info()), saved(&boot_info()));
+    assert_eq!(reconcile(&mut original, &mut copy), BootRepair::Intact);
+    assert_eq!(bytes_mut(&mut original), bytes_mut(&mut copy));
+}
+
+#[test]
+fn reconcile_restores_a_damaged_original_from_the_copy() {
+    let (mut original, mut copy) = (saved(&boot_info()), saved(&boot_info()));
+    crate::triggers::overwrite_boot_record(&mut original);
+    assert!(!original.is_intact(), "the trigger's damage is seen");
+    assert_eq!(
+        reconcile(&mut original, &mut copy),
+        BootRepair::RestoredFromCopy
+    );
+    assert!(original.is_intact());
+    assert_eq!(original.tsc_hz, TSC_HZ);
+    assert_eq!(bytes_mut(&mut original), bytes_mut(&mut copy));
+    assert_eq!(reconcile(&mut original, &mut copy), BootRepair::Intact);
+
+    // A wild write over many bytes (a count gone wrong) is the same.
+    bytes_mut(&mut original)[100..5000].fill(0xa5);
+    assert_eq!(
+        reconcile(&mut original, &mut copy),
+        BootRepair::RestoredFromCopy
+    );
+    assert_eq!(original.cmdline(), boot_info().cmdline.as_str());
+}
+
+#[test]
+fn reconcile_restores_a_damaged_copy_from_the_original() {
+    let (mut original, mut copy) = (saved(&boot_info()), saved(&boot_info()));
+    bytes_mut(&mut copy)[40] ^= 0x08;
+    assert_eq!(
+        reconcile(&mut original, &mut copy),
+        BootRepair::CopyRestored
+    );
+    assert!(copy.is_intact());
+    assert_eq!(bytes_mut(&mut original), bytes_mut(&mut copy));
+    // A copy never written (all zero) is damaged too.
+    let mut blank = record();
+    assert_eq!(
+        reconcile(&mut original, &mut blank),
+        BootRepair::CopyRestored
+    );
+    assert!(blank.is_intact());
+}
+
+#[test]
+fn reconcile_gives_up_when_both_are_damaged() {
+    let (mut original, mut copy) = (saved(&boot_info()), saved(&boot_info()));
+    crate::triggers::overwrite_boot_record(&mut original);
+    bytes_mut(&mut copy)[8] ^= 1;
+    let before = (original.clone(), copy.clone());
+    assert_eq!(reconcile(&mut original, &mut copy), BootRepair::BothDamaged);
+    assert_eq!(
+        (original.checksum, copy.checksum, original.tsc_hz),
+        (before.0.checksum, before.1.checksum, before.0.tsc_hz),
+        "neither is touched"
+    );
+}
+
+#[test]
+fn two_intact_records_that_differ_are_settled_by_the_copy() {
+    let mut original = saved(&boot_info());
+    let mut copy = record();
+    copy.save(&boot_info(), TSC_HZ + 1, EPOCH, EPOCH_TSC, platform());
+    assert_eq!(
+        reconcile(&mut original, &mut copy),
+        BootRepair::RestoredFromCopy
+    );
+    assert_eq!(original.tsc_hz, TSC_HZ + 1);
 }

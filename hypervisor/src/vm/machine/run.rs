@@ -250,6 +250,7 @@ impl Vms {
             Trigger::CorruptVm => self.root.vms[slot].config_checksum ^= 1,
             Trigger::ArenaHeader => crate::triggers::overwrite_header(&mut self.root.header),
             Trigger::BadEntry => self.root.vms[slot].bad_entry = arena::suspect::BAD_ENTRY_ON,
+            Trigger::BootRecord => crate::triggers::overwrite_boot_record(&mut self.root.boot),
             Trigger::Deadlock => crate::triggers::deadlock(&self.root.lock),
             _ => {}
         }
