@@ -275,10 +275,13 @@ fn bisect(plan: &Plan, seed: u64, from: u64) -> String {
         .iter()
         .rev()
         .find(|l| l.starts_with("[fz] fuzz op="));
-    match (first_unexpected, last_op) {
-        (Some(u), _) => u.clone(),
-        (None, Some(op)) => op.clone(),
-        (None, None) => "no operation line (the console stayed silent)".into(),
+    // A failure: the operation printed last before it. Otherwise the first unexpected
+    // outcome (it names its operation), else the last operation printed.
+    let failed = cut < lines.len();
+    match (failed, first_unexpected, last_op) {
+        (true, _, Some(op)) | (false, None, Some(op)) => op.clone(),
+        (_, Some(u), _) => u.clone(),
+        (_, None, None) => "no operation line (the console stayed silent)".into(),
     }
 }
 
