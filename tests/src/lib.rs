@@ -352,6 +352,19 @@ impl Machine {
         }
     }
 
+    /// Receives console output for up to `wait` (less if the stream ends): for callers
+    /// that judge the transcript as it grows ([`Machine::lines`]) instead of waiting for
+    /// one line. Returns false once the console has closed.
+    pub fn poll(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if !self.pump() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Every complete console line so far, as a terminal would show it.
     pub fn lines(&self) -> Vec<String> {
         self.seen.lines().map(|l| visible(l).to_string()).collect()
@@ -586,5 +599,89 @@ pub mod testguest {
             last.insert(vm, n);
         }
         last
+    }
+}
+
+/// The in-tree test guest's `mode=fuzz` lines and the fuzzing criterion, shared by the
+/// fuzz tests and `scripts/fuzz` (guests/testguest/src/main.rs lists the lines).
+pub mod fuzz {
+    use crate::Regex;
+
+    /// A transcript line that means the hypervisor failed or recovered: never acceptable
+    /// in a fuzz run (README "Console lines").
+    pub fn is_failure(line: &str) -> bool {
+        line.contains("hypervisor failure")
+            || line.starts_with("[lazarus] INFO  recovery ")
+            || line.starts_with("[lazarus] ERROR recovery")
+            || line.starts_with("[lazarus] ERROR halted")
+            || line.starts_with("[lazarus] ERROR the failure path")
+    }
+
+    /// A line of a test guest that died on its own (an exception it did not expect, or a
+    /// panic): the fuzzer's guard failed, or the hypervisor broke the guest.
+    pub fn is_guest_death(line: &str) -> bool {
+        Regex::new(r"^\[[a-z0-9_-]+\] (exception vector=|panic at )")
+            .unwrap()
+            .is_match(line)
+    }
+
+    /// What one fuzz VM printed, and how it ended.
+    #[derive(Clone, Debug, Default)]
+    pub struct Run {
+        pub start: Option<String>,
+        pub done: Option<String>,
+        /// `fuzz stop op=N what=KIND`.
+        pub stop: Option<String>,
+        pub unexpected: Vec<String>,
+        /// The last `fuzz seed=S op=N hash=...` progress line's N.
+        pub last_op: Option<u64>,
+        /// The hypervisor's line saying the VM stopped, halted, powered off or reset.
+        pub ended: Option<String>,
+    }
+
+    /// Reads VM `vm`'s fuzz lines out of `lines`.
+    pub fn run(lines: &[String], vm: &str) -> Run {
+        let mine = format!("[{vm}] ");
+        let progress = Regex::new(r"^fuzz seed=\d+ op=(\d+) hash=0x[0-9a-f]{16}$").unwrap();
+        let op_line = Regex::new(r"^fuzz op=(\d+) ").unwrap();
+        let ends = [
+            format!("[lazarus] ERROR vm {vm}: stopped: "),
+            format!("[lazarus] INFO  vm {vm}: stopped: "),
+            format!("[lazarus] INFO  vm {vm}: halted"),
+            format!("[lazarus] INFO  vm {vm}: powered off"),
+            format!("[lazarus] INFO  vm {vm}: rebooting"),
+            format!("[lazarus] WARN  vm {vm}: triple fault"),
+        ];
+        let mut r = Run::default();
+        for line in lines {
+            if r.ended.is_none() && ends.iter().any(|e| line.starts_with(e.as_str())) {
+                r.ended = Some(line.clone());
+            }
+            let Some(text) = line.strip_prefix(&mine) else {
+                continue;
+            };
+            if text.starts_with("fuzz start ") {
+                r.start = Some(text.to_string());
+            } else if text.starts_with("fuzz done ") {
+                r.done = Some(text.to_string());
+            } else if text.starts_with("fuzz stop ") {
+                r.stop = Some(text.to_string());
+            } else if text.starts_with("fuzz unexpected ") {
+                r.unexpected.push(text.to_string());
+            } else if let Some(c) = progress.captures(text).or_else(|| op_line.captures(text)) {
+                r.last_op = c[1].parse().ok();
+            }
+        }
+        r
+    }
+
+    /// A `key=N` number of a fuzz line.
+    pub fn field(line: &str, key: &str) -> Option<u64> {
+        let re = Regex::new(&format!(r"\b{key}=(0x[0-9a-f]+|\d+)\b")).unwrap();
+        let v = re.captures(line)?[1].to_string();
+        match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        }
     }
 }

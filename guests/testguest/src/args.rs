@@ -30,6 +30,19 @@ pub struct Args<'a> {
     /// with `inject-seed=` (default 1) after `trigger-after=` iterations.
     pub inject: Option<&'a [u8]>,
     pub inject_seed: u64,
+    /// `fuzz`: `seed=` (default 1), `ops=` (the operation to stop before, default
+    /// 10000), `fuzz-from=` (the first operation, default 0), `log=` (a progress line
+    /// every K operations, 1 for every operation described before it runs, 0 for none;
+    /// default 1000), `mix=safe|stopping` and `stop=KIND` (the stopping operation).
+    pub seed: u64,
+    pub ops: u64,
+    pub fuzz_from: u64,
+    pub log: u64,
+    pub mix: &'a [u8],
+    pub stop: Option<&'a [u8]>,
+    /// `fuzz`: `avoid=NAME,...`, operation families not to draw (to get past a known
+    /// failure).
+    pub avoid: &'a [u8],
 }
 
 /// A known key whose value does not parse.
@@ -54,6 +67,13 @@ pub fn parse(args: &[u8]) -> Args<'_> {
         trigger_count: 1,
         inject: None,
         inject_seed: 1,
+        seed: 1,
+        ops: 10_000,
+        fuzz_from: 0,
+        log: 1000,
+        mix: b"safe",
+        stop: None,
+        avoid: b"",
     };
     for word in args.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
         let Some(eq) = word.iter().position(|&b| b == b'=') else {
@@ -80,6 +100,24 @@ pub fn parse(args: &[u8]) -> Args<'_> {
                 !value.is_empty()
             }
             b"inject-seed" => decimal(value).map(|n| parsed.inject_seed = n).is_some(),
+            b"seed" => decimal(value).map(|n| parsed.seed = n).is_some(),
+            b"ops" => decimal(value).map(|n| parsed.ops = n).is_some(),
+            b"fuzz-from" => decimal(value).map(|n| parsed.fuzz_from = n).is_some(),
+            b"log" => decimal(value).map(|n| parsed.log = n).is_some(),
+            b"mix" => {
+                parsed.mix = value;
+                value == b"safe" || value == b"stopping"
+            }
+            b"avoid" => {
+                parsed.avoid = value;
+                crate::fuzz::families(value).is_some()
+            }
+            b"stop" => {
+                parsed.stop = Some(value);
+                crate::fuzz::STOP_KINDS
+                    .iter()
+                    .any(|k| k.as_bytes() == value)
+            }
             b"addr" => hex(value)
                 .filter(|&a| a < PHYSICAL_LIMIT)
                 .map(|a| parsed.addr = Some(a))

@@ -1,13 +1,17 @@
-//! The guest's own IDT for the 32 CPU exception vectors.
+//! The guest's own IDT: the 32 CPU exception vectors and the 224 interrupt vectors.
 //!
 //! A guest that faults without an IDT triple-faults, and the hypervisor then sees only a
 //! dead VM. With one, every unexpected exception becomes a console line saying which
 //! vector and where, so an end-to-end test can tell a guest bug from a hypervisor bug.
 //!
-//! Two exceptions are expected rather than fatal, and each is recognised narrowly so that a
-//! real fault is never mistaken for one: the #GP of the MSR probe ([`try_rdmsr`]), only
-//! while the probe is armed, at ring 0, on an RDMSR instruction; and the #UD with which the
-//! ring-3 code of `usermode` comes back, only from ring 3 (`usermode` decides).
+//! Three exceptions are expected rather than fatal, and each is recognised narrowly so that
+//! a real fault is never mistaken for one: the #GP of the MSR probe ([`try_rdmsr`]), only
+//! while the probe is armed, at ring 0, on an RDMSR instruction; the #UD with which the
+//! ring-3 code of `usermode` comes back, only from ring 3 (`usermode` decides); and any
+//! exception at ring 0 inside one of the `fuzz` mode's guarded instruction sequences,
+//! which resumes at that sequence's landing pad (`fuzz::guard` decides). Vectors 32-255
+//! (interrupts from the virtual PIC, `INT n`) are counted and acknowledged while the fuzz
+//! mode runs, and fatal otherwise.
 //!
 //! Each vector has a 16-byte stub that pushes a zero in place of the error code when the
 //! CPU pushes none, then the vector number, so the Rust handler sees one frame layout.
@@ -19,7 +23,9 @@ use crate::cpu::{self, DescriptorTablePointer};
 use crate::once::TakeOnce;
 use crate::println;
 
+/// Exception vectors; the IDT has [`IDT_VECTORS`] gates, the rest for interrupts.
 const VECTORS: usize = 32;
+const IDT_VECTORS: usize = 256;
 const STUB_BYTES: u64 = 16;
 const INVALID_OPCODE: u64 = 6;
 const GENERAL_PROTECTION: u64 = 13;
@@ -105,6 +111,13 @@ global_asm!(
     "lz_exception_stub 29, 1",
     "lz_exception_stub 30, 1",
     "lz_exception_stub 31, 0",
+    // Vectors 32-255: interrupts and INT n, never an error code. `push imm32` for
+    // vectors over 127 still fits the 16 bytes.
+    ".set lz_vector, 32",
+    ".rept 224",
+    "lz_exception_stub lz_vector, 0",
+    ".set lz_vector, lz_vector + 1",
+    ".endr",
     "",
     ".balign 16",
     "lz_exception_common:",
@@ -135,7 +148,7 @@ global_asm!(
 );
 
 extern "C" {
-    /// The first of the 32 stubs; stub `v` is at `16 * v` bytes from it.
+    /// The first of the 256 stubs; stub `v` is at `16 * v` bytes from it.
     static lz_exception_stubs: [u8; 0];
 }
 
@@ -176,9 +189,9 @@ impl Gate {
 }
 
 #[repr(C, align(16))]
-struct Idt([Gate; VECTORS]);
+struct Idt([Gate; IDT_VECTORS]);
 
-static IDT: TakeOnce<Idt> = TakeOnce::new(Idt([Gate::MISSING; VECTORS]));
+static IDT: TakeOnce<Idt> = TakeOnce::new(Idt([Gate::MISSING; IDT_VECTORS]));
 
 /// Installs the IDT, its gates using the current code segment. Does nothing the second
 /// time.
@@ -234,6 +247,12 @@ fn is_probe_fault(frame: &ExceptionFrame) -> bool {
 static FATAL: AtomicBool = AtomicBool::new(false);
 
 extern "sysv64" fn exception_handler(frame: &mut ExceptionFrame) {
+    if crate::fuzz::guard::take_exception(frame) {
+        return;
+    }
+    if frame.vector >= VECTORS as u64 && crate::fuzz::guard::take_interrupt(frame.vector) {
+        return;
+    }
     if is_probe_fault(frame) {
         PROBE_FAULTED.store(true, Ordering::SeqCst);
         frame.rip += cpu::RDMSR_BYTES.len() as u64;

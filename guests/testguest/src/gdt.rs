@@ -7,7 +7,11 @@
 //! whose RSP0 gives ring 0 a stack of its own when an exception arrives from ring 3.
 //!
 //! The layout keeps Lazarus's selectors (kernel code 0x08, kernel data 0x10), so nothing
-//! changes for code that never leaves ring 0.
+//! changes for code that never leaves ring 0. A second descriptor of the same TSS
+//! ([`SPARE_TSS`]) gives the `fuzz` mode an LTR that can succeed; [`reset_task_register`]
+//! puts TR back afterwards.
+
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::cpu::{self, DescriptorTablePointer};
 use crate::once::TakeOnce;
@@ -17,6 +21,8 @@ pub const KERNEL_DATA: u16 = 0x10;
 pub const USER_DATA: u16 = 0x18 | 3;
 pub const USER_CODE: u16 = 0x20 | 3;
 pub const TSS: u16 = 0x28;
+/// Another descriptor of the same TSS, available (never loaded except by the fuzzer).
+pub const SPARE_TSS: u16 = 0x38;
 
 /// Null, kernel code (64-bit), kernel data, user data, user code (64-bit): flat segments.
 const SEGMENTS: [u64; 5] = [
@@ -26,8 +32,10 @@ const SEGMENTS: [u64; 5] = [
     0x00cf_f200_0000_ffff,
     0x00af_fa00_0000_ffff,
 ];
-/// The segments plus the 16-byte TSS descriptor.
-const ENTRIES: usize = SEGMENTS.len() + 2;
+/// The segments plus the two 16-byte TSS descriptors.
+const ENTRIES: usize = SEGMENTS.len() + 4;
+/// The busy bit of a TSS descriptor's type (available 0x9, busy 0xB; SDM Vol. 3A §8.2.2).
+const TSS_BUSY: u64 = 1 << 41;
 /// Present, ring 0, available 64-bit TSS.
 const TSS_TYPE: u64 = 0x89;
 /// Bytes in a 64-bit TSS; an I/O map base at the end means no I/O permission bitmap.
@@ -45,6 +53,8 @@ struct Tss([u32; TSS_BYTES / 4]);
 struct Stack([u8; RING0_STACK_BYTES]);
 
 static GDT: TakeOnce<Gdt> = TakeOnce::new(Gdt([0; ENTRIES]));
+/// The GDT, once loaded, for [`reset_task_register`].
+static LOADED: AtomicPtr<Gdt> = AtomicPtr::new(core::ptr::null_mut());
 static TASK_STATE: TakeOnce<Tss> = TakeOnce::new(Tss([0; TSS_BYTES / 4]));
 static RING0_STACK: TakeOnce<Stack> = TakeOnce::new(Stack([0; RING0_STACK_BYTES]));
 
@@ -70,6 +80,8 @@ pub fn init() {
     gdt.0[..SEGMENTS.len()].copy_from_slice(&SEGMENTS);
     gdt.0[SEGMENTS.len()] = low;
     gdt.0[SEGMENTS.len() + 1] = base >> 32;
+    gdt.0[SEGMENTS.len() + 2] = low;
+    gdt.0[SEGMENTS.len() + 3] = base >> 32;
 
     let pointer = DescriptorTablePointer {
         limit: (core::mem::size_of::<Gdt>() - 1) as u16,
@@ -82,4 +94,26 @@ pub fn init() {
         cpu::load_gdt(&pointer, KERNEL_CODE, KERNEL_DATA);
         cpu::load_tr(TSS);
     }
+    LOADED.store(gdt, Ordering::SeqCst);
+}
+
+/// Marks both TSS descriptors available again and loads [`TSS`] into TR: after the
+/// fuzzer's LTR of [`SPARE_TSS`] (or of [`TSS`], which only faults).
+pub fn reset_task_register() {
+    let gdt = LOADED.load(Ordering::SeqCst);
+    if gdt.is_null() {
+        return;
+    }
+    for selector in [TSS, SPARE_TSS] {
+        let index = usize::from(selector >> 3);
+        // SAFETY: `gdt` is the loaded GDT, a static whose `&mut` from `init` is no longer
+        // used; the CPU reads these descriptors only at LTR and task switches, never
+        // behind this single-CPU guest's back, and only the busy bit changes.
+        unsafe {
+            let entry = core::ptr::addr_of_mut!((*gdt).0[index]);
+            entry.write_volatile(entry.read_volatile() & !TSS_BUSY);
+        }
+    }
+    // SAFETY: TSS names an available 64-bit TSS descriptor again (just above).
+    unsafe { cpu::load_tr(TSS) };
 }

@@ -14,7 +14,7 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `mode=` | `work`, `spin`, `hlt`, `echo`, `wild-write`, `wild-read`, `triple-fault`, `user-hypercall` | `work` |
+//! | `mode=` | `work`, `spin`, `hlt`, `echo`, `wild-write`, `wild-read`, `triple-fault`, `user-hypercall`, `fuzz` | `work` |
 //! | `iterations=K` | `work`: power off after K iterations (decimal) | run forever |
 //! | `burn=N` | `work`: N extra rounds of CPU work per iteration (decimal) | 0 |
 //! | `addr=0xHEX` | `wild-*`: the guest-physical target (hex, `0x` optional, below 2^52) | required |
@@ -23,6 +23,13 @@
 //! | `trigger-count=C` | `work`: the hypercall's count (recoveries `recovery-fail` makes fail) | 1 |
 //! | `inject=TYPE` | `work`: after iteration `trigger-after`, the `inject` hypercall arms the fault injector with this type (`abi::FAULT_TYPES`; the hypervisor needs `inject=on`) | none |
 //! | `inject-seed=S` | `work`: the seed for `inject=` (decimal) | 1 |
+//! | `seed=S` | `fuzz`: the seed (decimal); operation N depends only on S and N | 1 |
+//! | `ops=N` | `fuzz`: the operation number to stop before (decimal) | 10000 |
+//! | `fuzz-from=K` | `fuzz`: the first operation run (decimal), for bisection | 0 |
+//! | `log=K` | `fuzz`: a progress line every K operations; `1`: every operation is printed before it runs; `0`: none | 1000 |
+//! | `mix=safe\|stopping` | `fuzz`: `stopping` ends the run with one operation that stops the VM | `safe` |
+//! | `stop=KIND` | `fuzz`: that stopping operation (implies `mix=stopping`; kinds below) | drawn from the seed |
+//! | `avoid=NAME,...` | `fuzz`: operation families not to draw (`fuzz::ops::FAMILIES`: `cpuid rdmsr wrmsr in out hypercall cr0 cr3 cr4 cr8 dr drread xsetbv xsave xstate table ltr lldt vmx misc raise step shadow`) | none |
 //!
 //! # Output
 //!
@@ -37,8 +44,9 @@
 //! In every mode, first:
 //!
 //! * `start name=NAME id=ID mem=BYTES mode=MODE` (from the start info; MODE as given).
-//! * `error bad value KEY=VALUE`, then power-off, if `iterations=`, `burn=` or `addr=`
-//!   does not parse (or `mode=` is empty).
+//! * `error bad value KEY=VALUE`, then power-off, if `iterations=`, `burn=`, `addr=`,
+//!   `seed=`, `ops=`, `fuzz-from=`, `log=`, `mix=`, `stop=` or `avoid=` does not parse
+//!   (or `mode=` is empty).
 //! * `error bad start-info magic=0xHHHHHHHHHHHHHHHH`, then power-off, *instead of* the
 //!   `start` line if the start info's magic is wrong.
 //!
@@ -87,12 +95,50 @@
 //!   through), stores the result and executes UD2; the #UD handler prints
 //!   `user-hypercall result=N` (expected `-4`), or `user-hypercall result=none` if the
 //!   hypercall never returned, and halts.
+//! * `fuzz` (module `fuzz`): N pseudo-random hostile operations (CPUID, RDMSR/WRMSR,
+//!   IN/OUT to the device models' ports and others, hypercalls, MOV to CR0/CR3/CR4/CR8
+//!   and the debug registers, XSETBV, XSAVE/XRSTOR, LGDT/LIDT/LTR/LLDT, the VMX
+//!   instructions, INVD, WBINVD, RDPMC, RDRAND, RDTSCP, MONITOR/MWAIT, deliberate
+//!   exceptions, single-stepping over exiting instructions, interrupt-flag and
+//!   interrupt-shadow games). Each runs guarded (a fault resumes after it), is checked
+//!   against what hardware and the README say the guest should see, and is undone
+//!   (control registers, XCR0, MSRs, tables, TR). Interrupts and INT n (vectors 32-255)
+//!   are counted and acknowledged. Lines, in order:
+//!   * `fuzz start seed=S from=K ops=N mix=safe|stopping log=L avoid=LIST|none
+//!     xcr0=0x... cr4=0x...` (the XCR0 and CR4 the operations start from);
+//!   * with `log=L` over 1: `fuzz seed=S op=M hash=0xHHHHHHHHHHHHHHHH` before operation
+//!     M, for each M > K that is a multiple of L: a hash (FNV-1a 64) of the outcomes of
+//!     the operations run so far (exceptions and values that do not depend on time), equal
+//!     between two runs of the same S, K and build;
+//!   * with `log=1`: `fuzz op=M DESCRIPTION` before operation M (e.g. `fuzz op=17
+//!     wrmsr msr=0xc0000100 value=0x8000000000000000`);
+//!   * `fuzz unexpected op=M what=WHAT DETAIL in: DESCRIPTION` when the outcome differs
+//!     from the model (the first 64 of a run): WHAT is `fault` (`want=#GP|#UD|none|...
+//!     got=#GP(0xERR)|none|...`), `readback`, `in-rax`, `hypercall-result`,
+//!     `hypercall-registers`, `vm-identity-name`, `cr8-kept`, `dr-kept`, `xgetbv`,
+//!     `xcr0-kept`, `xstate-lost`, `table-readback`, `str`, `rdtscp-aux`, `rdpid`,
+//!     `pf-error-code`, `cr2`, `cr2-kept`, `single-step`, `cpuid`, `xsave`, `xrstor`,
+//!     `restore` or `restore-*` (WANT and GOT as `want=0x... got=0x...` for values).
+//!     Each is a hypervisor bug (or a model mistake) to look at;
+//!   * `fuzz done seed=S from=K ops=COUNT gp=G ud=U other=O unexpected=X interrupts=I
+//!     hash=0xHHHHHHHHHHHHHHHH` (COUNT operations run; G, U, O the #GP, #UD and other
+//!     exceptions they raised; X the unexpected outcomes; I the interrupts taken);
+//!   * then, in the safe mix, power-off; in the stopping mix `fuzz stop op=N what=KIND`
+//!     and the stopping operation: KIND is `string-io` (OUTSB to port 0x80), `ept-read`,
+//!     `ept-write` (outside RAM), `cr3-outside` (CR3 outside RAM), `triple-fault`, `halt`
+//!     (CLI; HLT), `power-off`, `reset-i8042` (command 0xFE), `reset-output-port`
+//!     (command 0xD1, data 0x00), `reset-92`, `reset-92-word` (a 16-bit OUT), `reset-cf9`;
+//!     should the VM survive it, `fuzz unexpected op=N what=stop-survived kind=KIND` and
+//!     power-off.
+//!
+//!   Output from the fuzzed UART and `console_write` of the top page of RAM (filled with
+//!   `.`) may appear as other `[NAME]` lines; each fuzz line starts on a line of its own.
 //! * Any other mode: `error unknown mode=MODE`, then power-off.
 //!
 //! At any time:
 //!
-//! * `exception vector=N rip=0x...`: an unexpected CPU exception (N decimal); the guest
-//!   then halts (CLI; HLT forever).
+//! * `exception vector=N rip=0x...`: an unexpected CPU exception (N decimal), or an
+//!   interrupt (N 32-255) outside `mode=fuzz`; the guest then halts (CLI; HLT forever).
 //! * `panic at FILE:LINE:COL: MESSAGE`: a bug in the guest; it then halts.
 //!
 //! # The work checksum
@@ -111,6 +157,7 @@ mod args;
 mod console;
 mod cpu;
 mod exceptions;
+mod fuzz;
 mod gdt;
 mod hypercall;
 mod modes;
@@ -190,6 +237,7 @@ extern "sysv64" fn main(info: &'static StartInfo) -> ! {
         }
         b"triple-fault" => modes::triple_fault(),
         b"user-hypercall" => usermode::run(),
+        b"fuzz" => fuzz::run(info, &args),
         other => {
             println!("error unknown mode={}", Text(other));
             hypercall::power_off();
