@@ -25,6 +25,7 @@ pub enum Expect {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Features {
     pub leaf1_ecx: u32,
+    pub leaf1_edx: u32,
     pub leaf7_ebx: u32,
     pub leaf7_ecx: u32,
     pub leaf7_edx: u32,
@@ -48,7 +49,7 @@ impl Features {
         let max_ext = cpuid(0x8000_0000, 0)[0];
         let leaf = |l: u32, s: u32| if l <= max { cpuid(l, s) } else { [0; 4] };
         let ext = |l: u32| if l <= max_ext { cpuid(l, 0) } else { [0; 4] };
-        let [_, _, ecx1, _] = leaf(1, 0);
+        let [_, _, ecx1, edx1] = leaf(1, 0);
         let [_, ebx7, ecx7, edx7] = leaf(7, 0);
         let [eax71, ..] = leaf(7, 1);
         let [eaxd, _, ecxd, edxd] = leaf(0xd, 0);
@@ -59,6 +60,7 @@ impl Features {
         let osxsave_possible = ecx1 & (1 << 26) != 0;
         Features {
             leaf1_ecx: ecx1,
+            leaf1_edx: edx1,
             leaf7_ebx: ebx7,
             leaf7_ecx: ecx7,
             leaf7_edx: edx7,
@@ -85,8 +87,19 @@ impl Features {
     /// each bit): setting any other bit raises #GP (SDM Vol. 2B, MOV to CR4).
     pub fn cr4_supported(&self) -> u64 {
         let bit = |reg: u32, n: u32, cr4: u32| if reg & (1 << n) != 0 { 1u64 << cr4 } else { 0 };
-        // VME PVI TSD DE PSE PAE MCE PGE PCE OSFXSR OSXMMEXCPT: every 64-bit processor.
-        0x7ff
+        // PCE needs no feature; each of the others is reserved where CPUID lacks its
+        // feature (a hypervisor may hide MCE, for one).
+        (1 << 8)
+            | bit(self.leaf1_edx, 1, 0) // VME
+            | bit(self.leaf1_edx, 1, 1) // PVI
+            | bit(self.leaf1_edx, 4, 2) // TSD: TSC
+            | bit(self.leaf1_edx, 2, 3) // DE
+            | bit(self.leaf1_edx, 3, 4) // PSE
+            | bit(self.leaf1_edx, 6, 5) // PAE
+            | bit(self.leaf1_edx, 7, 6) // MCE
+            | bit(self.leaf1_edx, 13, 7) // PGE
+            | bit(self.leaf1_edx, 24, 9) // OSFXSR: FXSR
+            | bit(self.leaf1_edx, 25, 10) // OSXMMEXCPT: SSE
             | bit(self.leaf7_ecx, 2, 11) // UMIP
             | bit(self.leaf7_ecx, 16, 12) // LA57
             | bit(self.leaf1_ecx, 5, 13) // VMXE
