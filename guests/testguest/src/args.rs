@@ -33,7 +33,7 @@ pub struct Args<'a> {
     /// `fuzz`: `seed=` (default 1), `ops=` (the operation to stop before, default
     /// 10000), `fuzz-from=` (the first operation, default 0), `log=` (a progress line
     /// every K operations, 1 for every operation described before it runs, 0 for none;
-    /// default 1000), `mix=safe|stopping` and `stop=KIND` (the stopping operation).
+    /// default 1000), `mix=safe|stopping|regress` and `stop=KIND` (the stopping operation).
     pub seed: u64,
     pub ops: u64,
     pub fuzz_from: u64,
@@ -106,7 +106,7 @@ pub fn parse(args: &[u8]) -> Args<'_> {
             b"log" => decimal(value).map(|n| parsed.log = n).is_some(),
             b"mix" => {
                 parsed.mix = value;
-                value == b"safe" || value == b"stopping"
+                value == b"safe" || value == b"stopping" || value == b"regress"
             }
             b"avoid" => {
                 parsed.avoid = value;

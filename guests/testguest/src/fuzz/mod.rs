@@ -17,11 +17,14 @@
 //!
 //! `mix=stopping` (or `stop=KIND`) ends the run with one operation the README documents
 //! as stopping a VM ([`stop`]), so a test can check that the documented line follows.
+//! `mix=regress` runs, instead of drawn operations, the fixed list of [`regress`]: each
+//! hostile operation of issue 11's review once.
 
 pub mod guard;
 mod insn;
 mod model;
 mod ops;
+mod regress;
 mod rng;
 mod run;
 mod stop;
@@ -130,7 +133,12 @@ pub fn run(info: &StartInfo, args: &Args) -> ! {
     };
     let seed = args.seed;
     let from = args.fuzz_from;
-    let end = args.ops.max(from);
+    let regressions = args.mix == b"regress";
+    let end = if regressions {
+        regress::COUNT
+    } else {
+        args.ops.max(from)
+    };
     let stopping = args.stop.is_some() || args.mix == b"stopping";
     let avoid = families(args.avoid).unwrap_or(0);
     println!(
@@ -138,7 +146,13 @@ pub fn run(info: &StartInfo, args: &Args) -> ! {
         seed,
         from,
         end,
-        if stopping { "stopping" } else { "safe" },
+        if stopping {
+            "stopping"
+        } else if regressions {
+            "regress"
+        } else {
+            "safe"
+        },
         args.log,
         if args.avoid.is_empty() {
             "none"
@@ -155,7 +169,11 @@ pub fn run(info: &StartInfo, args: &Args) -> ! {
             line_start(&mut tally);
             println!("fuzz seed={} op={} hash=0x{:016x}", seed, n, tally.hash);
         }
-        let op = ops::generate(seed, n, &ctx, avoid);
+        let op = if regressions {
+            regress::op(n, seed, &ctx)
+        } else {
+            ops::generate(seed, n, &ctx, avoid)
+        };
         if args.log == 1 {
             line_start(&mut tally);
             println!("fuzz op={} {}", n, op);

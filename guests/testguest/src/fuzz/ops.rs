@@ -51,7 +51,7 @@ pub enum Op {
         value: u64,
         exit: bool,
     },
-    /// MOV to DRn, a CPUID exit, DRn read back.
+    /// MOV to DRn, a `yield` (the other VMs run), DRn read back.
     Dr {
         reg: u8,
         value: u64,
