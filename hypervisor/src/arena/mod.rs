@@ -310,6 +310,10 @@ pub struct VmStats {
     pub interrupts: u64,
     /// Timer periods that passed while the VM could not run (caught up, not replayed).
     pub timer_missed: u64,
+    /// TSC ticks from each VM exit to the end of its commit (the exits' handling).
+    pub exit_tsc: u64,
+    /// Of those, the ticks of the check before each commit (`run::confirm_decision`).
+    pub check_tsc: u64,
 }
 
 impl Default for VmStats {
@@ -324,6 +328,8 @@ impl Default for VmStats {
             hypercall_errors: 0,
             interrupts: 0,
             timer_missed: 0,
+            exit_tsc: 0,
+            check_tsc: 0,
         }
     }
 }
@@ -439,6 +445,8 @@ impl VmRecord {
             hypercall_errors: 0,
             interrupts: 0,
             timer_missed: 0,
+            exit_tsc: 0,
+            check_tsc: 0,
         },
         devices: Devices::new(0),
         clock_start: 0,

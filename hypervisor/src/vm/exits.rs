@@ -80,14 +80,13 @@ impl Exit {
     }
 }
 
-/// FNV-1a over the little-endian bytes of `words` (any change of any bit changes it).
+/// A word-wise multiplicative hash of `words` (FNV-1a's constants, one step per word):
+/// each step, `h = (h ^ w) * K` with K odd, is a bijection of `w` for any `h` and of `h`
+/// for any `w`, so changing any bits of any one word always changes the result.
 pub fn digest_words(words: &[u64]) -> u64 {
-    words
-        .iter()
-        .flat_map(|w| w.to_le_bytes())
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    words.iter().fold(0xcbf2_9ce4_8422_2325, |h, &w| {
+        (h ^ w).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Guest memory as a handler may see it: read-only, bounded by the VM's RAM.

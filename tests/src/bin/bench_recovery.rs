@@ -853,6 +853,37 @@ fn memory(run: &Run) -> Memory {
 // ---------------------------------------------------------------------------------------
 // Lines of code
 
+/// The cost of the check before each commit (campaign finding 14), from `vm stats`:
+/// `exit_cycles` (every exit, from the exit to the end of its commit) and `check_cycles`
+/// (the check alone), summed over the VMs, side by side in one run.
+fn exit_check(s: &mut String, run: &Run) {
+    let field = |name: &str| {
+        let re = Regex::new(&format!(r"\b{name}=(\d+)")).expect("valid pattern");
+        run.vm_stats
+            .iter()
+            .filter_map(|st| re.captures(st).and_then(|c| c[1].parse::<u64>().ok()))
+            .sum::<u64>()
+    };
+    let (exits, handling, check) = (field("exits"), field("exit_cycles"), field("check_cycles"));
+    let _ = writeln!(s, "\n## Exit handling and the check before each commit\n");
+    if exits == 0 || handling == 0 {
+        let _ = writeln!(s, "No `exit_cycles` in `vm stats`: not measured.");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "| exits | cycles handling them (per exit) | of which the check (per exit) | share |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| {exits} | {handling} ({}) | {check} ({}) | {:.2}% |",
+        handling / exits,
+        check / exits,
+        100.0 * check as f64 / handling as f64
+    );
+}
+
 /// Per line of a Rust file: (code outside comments and strings, with every string
 /// replaced by `""`; the text inside strings on that line).
 fn split_lines(src: &str) -> Vec<(String, String)> {
@@ -1318,6 +1349,8 @@ fn report(o: &Options, run: Option<&Run>) -> String {
              a `mem` line `arena-used N of M pages`) would give them."
         );
     }
+
+    exit_check(&mut s, run);
 
     // 4. Code.
     let _ = writeln!(

@@ -47,9 +47,9 @@ impl Vms {
         let arena_pages = 2 + Ept::tables_needed(&[ram_mapping(vm)], &self.caps.ept);
         writeln!(
             out,
-            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={} interrupts={} timer_missed={} time_ms={} arena_pages={arena_pages}",
+            "{name} exits={} tsc={} unclaimed_io={} unknown_msr={} hypercalls={} hypercall_errors={} interrupts={} timer_missed={} time_ms={} arena_pages={arena_pages} exit_cycles={} check_cycles={}",
             s.exits, s.guest_tsc, s.unclaimed_io, s.unknown_msr, s.hypercalls, s.hypercall_errors, s.interrupts, s.timer_missed,
-            guest_ns(vm, &self.caps) / 1_000_000
+            guest_ns(vm, &self.caps) / 1_000_000, s.exit_tsc, s.check_tsc
         )?;
         for reason in ExitReason::ALL {
             let n = s.by_reason[reason.index()];

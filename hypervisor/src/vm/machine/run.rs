@@ -67,6 +67,7 @@ impl Vms {
         // SAFETY: this VM's VMCS is current (switch_to / reset_guest) and fully set up; its
         // registers live in the arena record, which nothing else touches while it runs.
         let result = unsafe { vmentry::enter(&mut vm.vcpu.regs, vm.vcpu.launched != 0) };
+        let exited = rdtsc();
         match result {
             EntryResult::Exited => {
                 crate::inject::machine::after_exit();
@@ -132,7 +133,9 @@ impl Vms {
             triggers: self.triggers,
         };
         let effect = exits::handle(&exit, vm, &Ram::of(vm), &host);
+        let checking = rdtsc();
         confirm_decision(&exit, vm, &effect, &host);
+        vm.stats.check_tsc += rdtsc().saturating_sub(checking);
         if crate::triggers::take_mid_exit() {
             panic!(
                 "trigger: deliberate panic in the middle of exit {} ({}) of vm {}",
@@ -177,6 +180,7 @@ impl Vms {
         };
         self.root.commit.clear();
         self.root.lock.release();
+        vm.stats.exit_tsc += rdtsc().saturating_sub(exited);
         if vm.vcpu.msrs != msrs_before {
             load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         }
