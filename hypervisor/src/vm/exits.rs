@@ -709,7 +709,9 @@ fn triple_fault(exit: &Exit, vm: &VmRecord, e: Effect) -> Effect {
 }
 
 /// Exception or NMI exit. The exception bitmap is empty, so only an NMI arrives here:
-/// it was meant for the host (no watchdog yet) and the guest resumes untouched.
+/// it was meant for the host (the watchdog) and the guest resumes untouched. (The run
+/// loop treats any other exception exit as a hypervisor failure before it gets here:
+/// the stop below is the last line of defence.)
 fn exception_or_nmi(exit: &Exit, e: Effect) -> Effect {
     let info = crate::vmx::exit::InterruptionInfo::from_raw(exit.interruption_info);
     if info.kind == crate::vmx::exit::InterruptionKind::Nmi {

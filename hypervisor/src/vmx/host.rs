@@ -96,13 +96,18 @@ impl Controls {
         } else {
             0
         };
-        let writes: [(F, u64); 14] = [
+        // The exception bitmap is empty and the page-fault error-code mask and match are 0,
+        // so no guest exception exits (SDM Vol. 3C §25.6.3: with bit 14 clear, a #PF exits
+        // only when its error code ANDed with the mask differs from the match).
+        let writes: [(F, u64); 16] = [
             (F::PinBasedControls, u64::from(c.pin)),
             (F::PrimaryProcBasedControls, u64::from(c.proc | window)),
             (F::SecondaryProcBasedControls, u64::from(c.proc2)),
             (F::ExitControls, u64::from(c.exit)),
             (F::EntryControls, u64::from(c.entry | ia32e)),
             (F::ExceptionBitmap, 0),
+            (F::PageFaultErrorCodeMask, 0),
+            (F::PageFaultErrorCodeMatch, 0),
             (F::IoBitmapA, self.io_bitmaps[0]),
             (F::IoBitmapB, self.io_bitmaps[1]),
             (F::MsrBitmap, self.msr_bitmap),
