@@ -138,6 +138,26 @@ fn fire(m: &mut Machine, kind: &str, cause: &str, number: u64) -> Recovery {
     r
 }
 
+/// The line of recovery 1, with cause `cause`, before any halt or further failure: one
+/// attempt, no VM stopped.
+fn first_recovery(m: &mut Machine, cause: &str) -> Recovery {
+    let line = m.expect_line_not_after(
+        &format!(
+            r"^\[lazarus\] INFO  recovery 1: cause={} ",
+            regex::escape(cause)
+        ),
+        r"^\[lazarus\] ERROR (?:halted|hypervisor failure)",
+        RECOVERY,
+    );
+    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    assert_eq!(
+        (first.get("attempts"), first.get("stopped")),
+        (1, 0),
+        "{line}"
+    );
+    first
+}
+
 /// Each of `vms` printed `init started` exactly once: no recovery made a VM boot again.
 fn assert_booted_once(m: &Machine, vms: &[&str]) {
     let lines = m.lines();
@@ -634,21 +654,8 @@ fn a_stray_write_into_the_arena_header_is_repaired_from_the_anchor() {
         &format!(r"{halted}|^\[lazarus\] INFO  recovery \d+: "),
         RECOVERY,
     );
-    let line = m.expect_line_not_after(
-        r"^\[lazarus\] INFO  recovery 1: cause=panic ",
-        &format!(r"{halted}|^\[lazarus\] ERROR hypervisor failure"),
-        RECOVERY,
-    );
-    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
-    assert_eq!(
-        (
-            first.get("attempts"),
-            first.get("stopped"),
-            first.get("runnable")
-        ),
-        (1, 0, 2),
-        "{line}"
-    );
+    let first = first_recovery(&mut m, "panic");
+    assert_eq!(first.get("runnable"), 2, "{}", first.line);
     // Anywhere: the VM that is entered first may print before the recovery line does.
     m.wait_for_text("[beta] trigger arena-header result=0\n", RUN);
 
@@ -884,21 +891,8 @@ fn a_stack_overflow_in_the_hypervisor_hits_the_guard_page_and_is_recovered() {
             RECOVERY,
         );
     }
-    let line = m.expect_line_not_after(
-        r"^\[lazarus\] INFO  recovery 1: cause=exception#DF ",
-        &format!(r"{halted}|^\[lazarus\] ERROR hypervisor failure"),
-        RECOVERY,
-    );
-    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
-    assert_eq!(
-        (
-            first.get("attempts"),
-            first.get("stopped"),
-            first.get("runnable")
-        ),
-        (1, 0, 2),
-        "{line}"
-    );
+    let first = first_recovery(&mut m, "exception#DF");
+    assert_eq!(first.get("runnable"), 2, "{}", first.line);
     m.wait_for_text("[beta] trigger stack-overflow result=0\n", RUN);
     count_on(&mut m, 3);
 
@@ -965,17 +959,7 @@ fn a_stray_write_into_the_boot_record_is_repaired_from_its_copy() {
         &format!(r"{halted}|^\[lazarus\] INFO  recovery \d+: "),
         RECOVERY,
     );
-    let line = m.expect_line_not_after(
-        r"^\[lazarus\] INFO  recovery 1: cause=panic ",
-        &format!(r"{halted}|^\[lazarus\] ERROR hypervisor failure"),
-        RECOVERY,
-    );
-    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
-    assert_eq!(
-        (first.get("attempts"), first.get("stopped")),
-        (1, 0),
-        "{line}"
-    );
+    let first = first_recovery(&mut m, "panic");
     m.wait_for_text("[beta] trigger boot-record result=0\n", RUN);
     count_on(&mut m, 3);
 

@@ -360,11 +360,25 @@ fn the_watchdog_ticks_through_running_vms_without_a_false_hang() {
     let watchdog = "[lazarus] INFO  watchdog: NMI every 50 ms from the PIT via IO-APIC pin 2, hang after 1000 ms";
     assert!(m.lines().iter().any(|l| l == watchdog), "no watchdog line");
     wait_seq(&mut m, "alpha", 2);
-    let start = std::time::Instant::now();
     let alpha_before = checked_sequences(&m)["alpha"];
-    while start.elapsed() < Duration::from_secs(22) {
-        std::thread::sleep(Duration::from_secs(2));
+    // 25 s of emulated time (guest time, `time_ms`), however loaded the host is: the
+    // watchdog's ticks are 50 ms of emulated time apart.
+    let guest_ms = |m: &mut Machine| -> u64 {
+        let stats = m.command("vm stats gamma");
+        let re = Regex::new(r"\btime_ms=(\d+)").unwrap();
+        re.captures(&stats)
+            .and_then(|c| c[1].parse().ok())
+            .unwrap_or_else(|| panic!("no time_ms in {stats}"))
+    };
+    let start = guest_ms(&mut m);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while guest_ms(&mut m) < start + 25_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "emulated time stalled"
+        );
         assert!(m.command("vm list").contains("gamma id=3 state=running"));
+        m.poll(Duration::from_secs(2));
     }
     let alpha_after = checked_sequences(&m)["alpha"];
     assert!(
