@@ -73,12 +73,8 @@ impl Machine for BootMachine {
 
     fn fire(&mut self, trigger: Trigger, vm: Option<&str>, out: &mut dyn Write) -> fmt::Result {
         use hypervisor::triggers;
-        if triggers::arm(trigger) {
-            let when = if trigger == Trigger::VmcsHost {
-                "at the next VM entry"
-            } else {
-                "at the next VM exit"
-            };
+        if let Some(when) = trigger.armed_when() {
+            triggers::arm(trigger);
             return writeln!(out, "trigger: {} armed: fires {when}", trigger.name());
         }
         match (trigger, self.vms.as_mut()) {
