@@ -48,6 +48,15 @@ impl Machine for BootMachine {
             format_size(heap.used() as u64),
             format_size(heap.size() as u64)
         )?;
+        if let Some(vms) = &self.vms {
+            let pages = &vms.root().pages;
+            writeln!(
+                out,
+                "arena-pages {} free of {}",
+                pages.pages() - pages.used(),
+                pages.pages()
+            )?;
+        }
         let free = &self.layout.free;
         writeln!(
             out,
