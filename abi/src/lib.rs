@@ -52,8 +52,10 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 /// The failure triggers a `trigger` hypercall names, by number (the same names as the
 /// console's `trigger KIND`). Number 15, `bad-entry`, makes every later VM entry of the
 /// calling VM fail; 16, `exit-flip`, changes the next exit after it was read;
-/// 17, `stack-overflow`, and 18, `boot-record`, are the stack and boot-record failures.
-pub const TRIGGERS: [&str; 19] = [
+/// 17, `stack-overflow`, and 18, `boot-record`, are the stack and boot-record failures;
+/// 19, `mid-create`, and 20, `mid-reset`, arm a failure in the middle of the next VM
+/// creation and the next VM reset.
+pub const TRIGGERS: [&str; 21] = [
     "panic",
     "pf",
     "gp",
@@ -73,6 +75,8 @@ pub const TRIGGERS: [&str; 19] = [
     "exit-flip",
     "stack-overflow",
     "boot-record",
+    "mid-create",
+    "mid-reset",
 ];
 
 impl Hypercall {

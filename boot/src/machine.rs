@@ -48,6 +48,15 @@ impl Machine for BootMachine {
             format_size(heap.used() as u64),
             format_size(heap.size() as u64)
         )?;
+        if let Some(vms) = &self.vms {
+            let pages = &vms.root().pages;
+            writeln!(
+                out,
+                "arena-pages {} free of {}",
+                pages.pages() - pages.used(),
+                pages.pages()
+            )?;
+        }
         let free = &self.layout.free;
         writeln!(
             out,
@@ -73,12 +82,8 @@ impl Machine for BootMachine {
 
     fn fire(&mut self, trigger: Trigger, vm: Option<&str>, out: &mut dyn Write) -> fmt::Result {
         use hypervisor::triggers;
-        if triggers::arm(trigger) {
-            let when = if trigger == Trigger::VmcsHost {
-                "at the next VM entry"
-            } else {
-                "at the next VM exit"
-            };
+        if let Some(when) = trigger.armed_when() {
+            triggers::arm(trigger);
             return writeln!(out, "trigger: {} armed: fires {when}", trigger.name());
         }
         match (trigger, self.vms.as_mut()) {

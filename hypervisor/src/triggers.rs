@@ -61,10 +61,18 @@ pub enum Trigger {
     /// A stray write into the arena's boot record ([`overwrite_boot_record`]), then a
     /// panic: the recovery boot must restore the record from its copy.
     BootRecord,
+    /// A panic in the middle of the next VM creation (`vm create`), after its arena pages
+    /// were taken and its record written, before it is runnable: recovery must undo the
+    /// creation (armed; fires in the next VM creation).
+    MidCreate,
+    /// A panic in the middle of the next VM reset (`vm reset`, or a guest's reboot), once
+    /// half the VM's RAM is cleared: recovery must complete the reset (armed; fires in the
+    /// next VM reset).
+    MidReset,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 19] = [
+    pub const ALL: [Trigger; 21] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -84,6 +92,8 @@ impl Trigger {
         Trigger::ExitFlip,
         Trigger::StackOverflow,
         Trigger::BootRecord,
+        Trigger::MidCreate,
+        Trigger::MidReset,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -108,6 +118,8 @@ impl Trigger {
             Trigger::ExitFlip => "exit-flip",
             Trigger::StackOverflow => "stack-overflow",
             Trigger::BootRecord => "boot-record",
+            Trigger::MidCreate => "mid-create",
+            Trigger::MidReset => "mid-reset",
         }
     }
 
@@ -133,6 +145,18 @@ impl Trigger {
     pub fn from_number(n: u64) -> Option<Self> {
         Self::ALL.get(usize::try_from(n).ok()?).copied()
     }
+
+    /// For a trigger that is armed rather than fired at once ([`arm`]): where it fires,
+    /// for the console's reply `trigger: KIND armed: fires WHEN`.
+    pub fn armed_when(self) -> Option<&'static str> {
+        Some(match self {
+            Trigger::VmcsHost => "at the next VM entry",
+            Trigger::MidExit | Trigger::MidCommit | Trigger::ExitFlip => "at the next VM exit",
+            Trigger::MidCreate => "in the next VM creation",
+            Trigger::MidReset => "in the next VM reset",
+            _ => return None,
+        })
+    }
 }
 
 /// Triggers armed for a later point of the run loop. In `.bss`: a microreboot disarms
@@ -141,14 +165,19 @@ static ARMED_VMCS_HOST: AtomicBool = AtomicBool::new(false);
 static ARMED_MID_EXIT: AtomicBool = AtomicBool::new(false);
 static ARMED_MID_COMMIT: AtomicBool = AtomicBool::new(false);
 static ARMED_EXIT_FLIP: AtomicBool = AtomicBool::new(false);
+static ARMED_MID_CREATE: AtomicBool = AtomicBool::new(false);
+static ARMED_MID_RESET: AtomicBool = AtomicBool::new(false);
 
-/// Arms `vmcs-host` or `mid-exit`; false for a trigger that is not armed but fired.
+/// Arms a trigger that fires later ([`Trigger::armed_when`]); false for a trigger that is
+/// not armed but fired.
 pub fn arm(trigger: Trigger) -> bool {
     match trigger {
         Trigger::VmcsHost => ARMED_VMCS_HOST.store(true, Ordering::SeqCst),
         Trigger::MidExit => ARMED_MID_EXIT.store(true, Ordering::SeqCst),
         Trigger::MidCommit => ARMED_MID_COMMIT.store(true, Ordering::SeqCst),
         Trigger::ExitFlip => ARMED_EXIT_FLIP.store(true, Ordering::SeqCst),
+        Trigger::MidCreate => ARMED_MID_CREATE.store(true, Ordering::SeqCst),
+        Trigger::MidReset => ARMED_MID_RESET.store(true, Ordering::SeqCst),
         _ => return false,
     }
     true
@@ -171,6 +200,16 @@ pub fn take_exit_flip() -> bool {
 
 pub fn take_mid_exit() -> bool {
     ARMED_MID_EXIT.swap(false, Ordering::SeqCst)
+}
+
+/// Whether `mid-create` is armed; disarms it.
+pub fn take_mid_create() -> bool {
+    ARMED_MID_CREATE.swap(false, Ordering::SeqCst)
+}
+
+/// Whether `mid-reset` is armed; disarms it.
+pub fn take_mid_reset() -> bool {
+    ARMED_MID_RESET.swap(false, Ordering::SeqCst)
 }
 
 /// Lists the trigger names, separated by spaces.
@@ -233,7 +272,12 @@ pub fn fire(trigger: Trigger) {
                 core::ptr::write_volatile(target, core::ptr::read_volatile(target) ^ 0x10)
             });
         }
-        Trigger::VmcsHost | Trigger::MidExit | Trigger::MidCommit | Trigger::ExitFlip => {
+        Trigger::VmcsHost
+        | Trigger::MidExit
+        | Trigger::MidCommit
+        | Trigger::ExitFlip
+        | Trigger::MidCreate
+        | Trigger::MidReset => {
             arm(trigger);
         }
         // The caller has set the VM's flag; its next VM entry fails.
@@ -319,14 +363,17 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset"
         );
         assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
         assert_eq!(Trigger::from_number(15), Some(Trigger::BadEntry));
         assert_eq!(Trigger::from_number(16), Some(Trigger::ExitFlip));
         assert_eq!(Trigger::from_number(17), Some(Trigger::StackOverflow));
         assert_eq!(Trigger::from_number(18), Some(Trigger::BootRecord));
-        assert_eq!(Trigger::from_number(19), None);
+        assert_eq!(Trigger::from_number(19), Some(Trigger::MidCreate));
+        assert_eq!(Trigger::from_number(20), Some(Trigger::MidReset));
+        assert_eq!(Trigger::from_number(21), None);
+        assert_eq!(abi::TRIGGERS.len(), Trigger::ALL.len());
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
             assert_eq!(
@@ -342,6 +389,25 @@ mod tests {
         assert!(Trigger::BadEntry.needs_vm() && Trigger::BadEntry.takes_vm_list());
         assert!(Trigger::CorruptVm.needs_vm() && !Trigger::CorruptVm.takes_vm_list());
         assert!(!arm(Trigger::BadEntry));
+        assert!(arm(Trigger::MidCreate) && take_mid_create() && !take_mid_create());
+        assert!(arm(Trigger::MidReset) && take_mid_reset() && !take_mid_reset());
+        for t in Trigger::ALL {
+            assert_eq!(
+                t.armed_when().is_some(),
+                arm(t),
+                "{t:?}: armed exactly when it has a place to fire"
+            );
+        }
+        for take in [
+            take_vmcs_host,
+            take_mid_exit,
+            take_mid_commit,
+            take_exit_flip,
+            take_mid_create,
+            take_mid_reset,
+        ] {
+            take();
+        }
     }
 
     #[test]

@@ -357,11 +357,14 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
         if root.recovery.exhausted() {
             last_resort(root);
         }
+        // The VM being created counts as live: its VMCS may be active already.
+        let creating = root.create.slot_in_progress();
         let pages = root
             .vms
             .iter()
-            .filter(|vm| vm.state != VmState::Free as u32)
-            .map(|vm| vm.vcpu.vmcs)
+            .enumerate()
+            .filter(|&(slot, vm)| vm.state != VmState::Free as u32 || Some(slot) == creating)
+            .map(|(_, vm)| vm.vcpu.vmcs)
             .filter(|&page| root.owns_page(page))
             .collect::<heapless::Vec<u64, { hypervisor::arena::MAX_VMS }>>();
         vmx::teardown(pages.into_iter());

@@ -43,7 +43,7 @@ mod machine {
     /// counted and printed with its `recovery` line.
     pub fn repair(vms: &mut Vms) -> Repairs {
         let before = vms.root().resumable_mask();
-        let mut r = passes_in_order(vms);
+        let mut r = passes_in_order(vms, before);
         let root = vms.root_mut();
         let slots = passes::stopped_this_recovery(root, before);
         r.stopped += (slots & !before).count_ones();
@@ -51,11 +51,12 @@ mod machine {
         r
     }
 
-    fn passes_in_order(vms: &mut Vms) -> Repairs {
+    fn passes_in_order(vms: &mut Vms, before: u32) -> Repairs {
         let mut r = Repairs::default();
         let root = vms.root_mut();
         r.locks = passes::release_locks(root);
-        let rolled = passes::roll_back_exits(root);
+        passes::undo_creation(root);
+        let mut rolled = passes::roll_back_exits(root);
         r.rolled_back = rolled.rolled_back;
         let culprits = passes::stop_culprits(root, instructions::rdtsc());
         r.devices += culprits.repaired;
@@ -67,6 +68,10 @@ mod machine {
             panic!("trigger: deliberate panic during recovery, after the first repair passes");
         }
         vms.reset_scheduler();
+        let reset = complete_resets(vms, before, &mut r);
+        // A VM reset afresh has no exit to roll back or forward.
+        rolled.rolled_back_slots &= !reset;
+        rolled.forward_slots &= !reset;
         for slot in resumable_slots(vms) {
             match vms.verify_ept(slot) {
                 Ok(()) => r.ept_verified += 1,
@@ -131,6 +136,33 @@ mod machine {
         r.timers = vms.catch_up_timers();
         r.runnable = passes::rederive_scheduler(vms.root());
         r
+    }
+
+    /// Completes the resets a failure interrupted (`passes::interrupted_resets` decides
+    /// which): each is redone from the start, its VM reloaded from its module. Returns
+    /// the slots reset; they are kept for the recovery's report.
+    fn complete_resets(vms: &mut Vms, before: u32, r: &mut Repairs) -> u32 {
+        let root = vms.root_mut();
+        let stopped = passes::stopped_this_recovery(root, before);
+        let resets = passes::interrupted_resets(root, stopped);
+        r.stopped += resets.stopped;
+        root.transactions.resets_abandoned |= resets.abandoned;
+        let mut done = 0;
+        for slot in (0..MAX_VMS).filter(|s| resets.complete & (1 << s) != 0) {
+            match vms.complete_reset(slot) {
+                Ok(()) => done |= 1 << slot,
+                Err(e) => {
+                    let root = vms.root_mut();
+                    root.transactions.resets_abandoned |= 1 << slot;
+                    let vm = &mut root.vms[slot];
+                    vm.reset = hypervisor::arena::intent::RESET_NONE;
+                    passes::stop(vm, format_args!("its interrupted reset failed: {e}"));
+                    r.stopped += 1;
+                }
+            }
+        }
+        vms.root_mut().transactions.resets_completed |= done;
+        done
     }
 
     fn resumable_slots(vms: &Vms) -> heapless::Vec<usize, MAX_VMS> {

@@ -7,6 +7,7 @@
 
 use core::fmt;
 
+use hypervisor::arena::intent::RESET_NONE;
 use hypervisor::arena::recovery::MAX_ATTEMPTS;
 use hypervisor::arena::suspect::{BAD_ENTRY_ON, SUSPECT_FAILURES, SUSPECT_WINDOW_SECONDS};
 use hypervisor::arena::{
@@ -51,6 +52,72 @@ pub struct RollBack {
     /// `Committing`): it cannot be rolled back, only forward, from the commit log (or the
     /// VM is stopped).
     pub forward_slots: u32,
+}
+
+/// Undoes the VM creation a failure interrupted, if any (`hypervisor::arena::intent`):
+/// its arena pages are freed and its slot emptied ([`ArenaRoot::undo_create`]; its RAM
+/// was never taken from the rebuilt allocator), and its name is kept for the
+/// recovery's report. Runs before any pass reads the VM table, so none sees the half-made
+/// VM. Returns 1 if it undid one.
+pub fn undo_creation(root: &mut ArenaRoot) -> u32 {
+    match root.undo_create() {
+        Some(undone) => {
+            root.transactions.undone = undone.name;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// The resets a failure interrupted, and what recovery does with them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resets {
+    /// Bit `slot` set for each VM whose reset is to be completed (redone from the start;
+    /// its intent stays set until that is done).
+    pub complete: u32,
+    /// Bit `slot` set for each VM whose reset cannot be: its record is corrupt, its RAM
+    /// conflicts with another VM's, or this recovery stopped it. Its intent is cleared
+    /// and the VM is stopped.
+    pub abandoned: u32,
+    /// VMs this pass stopped (the others were stopped already).
+    pub stopped: u32,
+}
+
+/// Decides, for every VM with a reset intent set (`hypervisor::arena::intent`), whether
+/// recovery completes its reset: only when its record passes validation, its RAM
+/// overlaps no other VM's (a reset writes all of it), and `stopped` (the VMs this
+/// recovery stopped, [`stopped_this_recovery`]) does not hold it. The others are stopped.
+pub fn interrupted_resets(root: &mut ArenaRoot, stopped: u32) -> Resets {
+    let mut r = Resets::default();
+    for slot in 0..MAX_VMS {
+        let vm = &root.vms[slot];
+        if !live(vm) || vm.reset == RESET_NONE {
+            continue;
+        }
+        let trusted = root.validate_vm(slot).is_ok()
+            && stopped & (1 << slot) == 0
+            && !root.conflicts().any(|e| conflict_involves(&e, slot));
+        if trusted {
+            r.complete |= 1 << slot;
+            continue;
+        }
+        let vm = &mut root.vms[slot];
+        vm.reset = RESET_NONE;
+        r.abandoned |= 1 << slot;
+        if vm.state() != Some(VmState::Stopped) {
+            stop(
+                vm,
+                format_args!("its interrupted reset could not be completed"),
+            );
+            r.stopped += 1;
+        }
+    }
+    r
+}
+
+fn conflict_involves(e: &hypervisor::arena::ArenaError, slot: usize) -> bool {
+    use hypervisor::arena::ArenaError as E;
+    matches!(*e, E::RamOverlap { a, b } | E::DuplicateName { a, b } if a == slot || b == slot)
 }
 
 /// Rolls back every uncommitted VM exit: a journal in `Handling` returns to `InGuest`, and

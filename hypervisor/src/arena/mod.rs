@@ -15,6 +15,7 @@
 
 pub mod boot;
 pub mod commit;
+pub mod intent;
 pub mod lock;
 pub mod pages;
 pub mod recovery;
@@ -24,6 +25,7 @@ use core::fmt;
 
 pub use boot::BootRecord;
 pub use commit::CommitLog;
+pub use intent::{CreateIntent, TransactionReport};
 pub use lock::ArenaLock;
 pub use pages::{PageBitmap, PageError, MAX_PAGES};
 pub use recovery::{Cause, RecoveryRecord, RecoveryState, Repairs};
@@ -36,7 +38,7 @@ use crate::vmx::fields::GuestRegisters;
 /// "LZARENA1".
 pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"LZARENA1");
 /// Bumped whenever any `#[repr(C)]` type in the arena changes shape.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// How many VMs the table holds.
 pub const MAX_VMS: usize = 16;
 /// Longest VM name (bytes, ASCII).
@@ -369,7 +371,10 @@ pub struct VmRecord {
     /// made to fail, and a recovery keeps it so (it models a VM whose state breaks every
     /// entry). Acted on only with `triggers=on`.
     pub bad_entry: u32,
-    pub _pad3: u32,
+    /// A reset under way ([`intent::RESET_NONE`], [`intent::RESET_OPERATOR`] or
+    /// [`intent::RESET_GUEST`]): set before its first step, cleared after its last, so
+    /// recovery finds an interrupted one and completes it (`intent`).
+    pub reset: u32,
 }
 
 impl VmRecord {
@@ -457,7 +462,7 @@ impl VmRecord {
         console: [0; CONSOLE_LINE],
         suspect: SuspectRecord::EMPTY,
         bad_entry: 0,
-        _pad3: 0,
+        reset: intent::RESET_NONE,
     };
 
     pub fn state(&self) -> Option<VmState> {
@@ -580,6 +585,10 @@ pub struct ArenaRoot {
     pub recovery: RecoveryState,
     /// The exit being committed (this CPU's), for rolling a half-done commit forward.
     pub commit: CommitLog,
+    /// The VM creation under way, which recovery undoes (`intent`).
+    pub create: CreateIntent,
+    /// What recovery did to interrupted creations and resets, until it is printed.
+    pub transactions: TransactionReport,
 }
 
 /// Why the arena cannot be trusted.
@@ -630,6 +639,10 @@ pub enum ArenaError {
     BadJournal {
         slot: usize,
     },
+    BadReset {
+        slot: usize,
+        raw: u32,
+    },
     BadDevice {
         slot: usize,
         device: &'static str,
@@ -675,6 +688,7 @@ impl fmt::Display for ArenaError {
             Self::RamOverlap { a, b } => write!(f, "vm slots {a} and {b}: guest RAM overlaps"),
             Self::DuplicateName { a, b } => write!(f, "vm slots {a} and {b}: same name"),
             Self::BadJournal { slot } => write!(f, "vm slot {slot}: invalid journal phase"),
+            Self::BadReset { slot, raw } => write!(f, "vm slot {slot}: invalid reset intent {raw}"),
             Self::BadDevice { slot, device, what } => write!(f, "vm slot {slot}: {device}: {what}"),
         }
     }
@@ -723,6 +737,8 @@ impl ArenaRoot {
         self.recovery.completed = 0;
         self.recovery.fail_next_recovery = 0;
         self.commit.clear();
+        self.create = CreateIntent::IDLE;
+        self.transactions = TransactionReport::EMPTY;
         Ok(())
     }
 
@@ -819,8 +835,8 @@ impl ArenaRoot {
         Ok(())
     }
 
-    /// One VM record on its own: state, name, configuration checksum, journal, device
-    /// models, RAM range, and that its VMCS, XSAVE and EPT pages are allocated arena
+    /// One VM record on its own: state, name, configuration checksum, journal, reset
+    /// intent, device models, RAM range, and that its VMCS, XSAVE and EPT pages are allocated arena
     /// pages. A failure concerns this VM only.
     pub fn validate_vm(&self, slot: usize) -> Result<(), ArenaError> {
         let vm = &self.vms[slot];
@@ -838,6 +854,12 @@ impl ArenaRoot {
             return Err(ArenaError::BadVmConfig { slot });
         }
         Phase::from_raw(vm.vcpu.journal.phase).ok_or(ArenaError::BadJournal { slot })?;
+        if vm.reset > intent::RESET_GUEST {
+            return Err(ArenaError::BadReset {
+                slot,
+                raw: vm.reset,
+            });
+        }
         vm.devices.validate().map_err(|e| ArenaError::BadDevice {
             slot,
             device: e.device,

@@ -24,6 +24,8 @@ pub enum PageError {
     OutOfRange(u64),
     /// Freeing a page that is not allocated.
     NotAllocated(u64),
+    /// Taking a page that is already allocated.
+    AlreadyAllocated(u64),
     /// The counters disagree with the bitmap.
     Inconsistent { counted: u64, recorded: u64 },
 }
@@ -33,6 +35,7 @@ impl fmt::Display for PageError {
         match self {
             Self::OutOfRange(i) => write!(f, "arena page {i} is out of range"),
             Self::NotAllocated(i) => write!(f, "arena page {i} is not allocated"),
+            Self::AlreadyAllocated(i) => write!(f, "arena page {i} is already allocated"),
             Self::Inconsistent { counted, recorded } => {
                 write!(
                     f,
@@ -77,22 +80,38 @@ impl PageBitmap {
         Ok(())
     }
 
-    /// Allocates one page; returns its index.
+    /// Allocates one page (the lowest free one, [`PageBitmap::first_free`]); returns its
+    /// index.
     pub fn allocate(&mut self) -> Option<u64> {
-        for (w, word) in self.bits.iter_mut().enumerate() {
-            if *word == u64::MAX {
-                continue;
-            }
-            let bit = u64::from(word.trailing_ones());
-            let index = w as u64 * 64 + bit;
-            if index >= self.pages {
-                return None;
-            }
-            *word |= 1 << bit;
-            self.used += 1;
-            return Some(index);
+        let index = self.first_free()?;
+        self.take(index).ok()?;
+        Some(index)
+    }
+
+    /// The page [`PageBitmap::allocate`] would hand out next, without taking it: a caller
+    /// that must record a page before it is taken (the creation intent, `intent.rs`)
+    /// learns it here, records it, then [`PageBitmap::take`]s it.
+    pub fn first_free(&self) -> Option<u64> {
+        let (w, word) = self
+            .bits
+            .iter()
+            .enumerate()
+            .find(|(_, &word)| word != u64::MAX)?;
+        let index = w as u64 * 64 + u64::from(word.trailing_ones());
+        (index < self.pages).then_some(index)
+    }
+
+    /// Marks the free page `index` allocated.
+    pub fn take(&mut self, index: u64) -> Result<(), PageError> {
+        if index >= self.pages {
+            return Err(PageError::OutOfRange(index));
         }
-        None
+        if self.is_allocated(index) {
+            return Err(PageError::AlreadyAllocated(index));
+        }
+        self.bits[(index / 64) as usize] |= 1 << (index % 64);
+        self.used += 1;
+        Ok(())
     }
 
     pub fn free(&mut self, index: u64) -> Result<(), PageError> {
@@ -171,6 +190,22 @@ mod tests {
         assert_eq!(got, 127);
         assert_eq!(b.used(), 130);
         b.validate().unwrap();
+    }
+
+    #[test]
+    fn first_free_is_what_allocate_takes_and_take_refuses_a_taken_page() {
+        let mut b = bitmap(70);
+        b.reserve(0, 65).unwrap();
+        assert_eq!(b.first_free(), Some(65));
+        assert_eq!(b.first_free(), Some(65), "looking takes nothing");
+        b.take(65).unwrap();
+        assert_eq!(b.take(65), Err(PageError::AlreadyAllocated(65)));
+        assert_eq!(b.take(70), Err(PageError::OutOfRange(70)));
+        assert_eq!(b.allocate(), Some(66));
+        assert_eq!(b.used(), 67);
+        b.validate().unwrap();
+        while b.allocate().is_some() {}
+        assert_eq!(b.first_free(), None, "full");
     }
 
     #[test]

@@ -93,13 +93,14 @@ impl fmt::Display for ShellError<'_> {
 pub const HELP: &str = "\
 commands:
   help            this list
-  mem             physical memory by class (image, pristine, arena, heap, free)
+  mem             physical memory by class (image, pristine, arena, heap, free), free
+                  arena pages
   cpu             processor identity and VT-x capabilities
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud
                   de bp vmcs-host mid-exit mid-commit recovery-fail hang deadlock code-flip
-                  arena-header exit-flip stack-overflow boot-record; trigger corrupt-vm NAME;
-                  trigger bad-entry NAME...
+                  arena-header exit-flip stack-overflow boot-record mid-create mid-reset;
+                  trigger corrupt-vm NAME; trigger bad-entry NAME...
   recovery        the recoveries so far: one `recovery` line each
   inject TYPE SEED
                   arm one fault injection (needs inject=on): failstop register code data
@@ -167,7 +168,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
                 expected:
-                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record",
+                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset",
             }),
             Some(kind) => match Trigger::from_name(kind) {
                 Some(t) if t.takes_vm_list() => {
@@ -448,11 +449,11 @@ mod tests {
         );
         assert_eq!(
             run("trigger", &mut m),
-            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record)\n"
+            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset)\n"
         );
         assert_eq!(
             run("trigger boom", &mut m),
-            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record)\n"
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset)\n"
         );
     }
 

@@ -1460,3 +1460,118 @@ fn vms_stopped_by_an_earlier_attempt_are_reported_with_the_recovery() {
     root.recovery.resumable_at_failure = u32::MAX;
     assert_eq!(stopped_this_recovery(&root, before), 0b011);
 }
+
+// ---------------------------------------------------------------------------------------
+// Transactions (hypervisor::arena::intent): an interrupted creation is undone, an
+// interrupted reset completed.
+
+use hypervisor::arena::intent::{RESET_GUEST, RESET_NONE, RESET_OPERATOR};
+
+#[test]
+fn an_interrupted_creation_is_undone_and_named_for_the_report() {
+    let mut root = arena();
+    add_vm(&mut root, "alpha", 0x0100_0000);
+    let used = root.pages.used();
+    root.begin_create(1, "delta");
+    let mut vm = VmRecord::EMPTY;
+    set_text(&mut vm.name, "delta");
+    vm.vcpu.vmcs = root.alloc_create_page().unwrap();
+    vm.vcpu.xsave = root.alloc_create_page().unwrap();
+    vm.ept_root = root.alloc_create_page().unwrap();
+    root.vms[1] = vm;
+    assert_eq!(undo_creation(&mut root), 1);
+    assert_eq!(root.transactions.undone(), "delta");
+    assert_eq!(root.pages.used(), used, "every page it took is free again");
+    assert_eq!(root.free_slot(), Some(1));
+    // The passes after it see no trace of the half-made VM.
+    assert_eq!(check_vms(&mut root), 0);
+    assert_eq!(rederive_scheduler(&root), 1);
+    // A retried recovery undoes nothing more and keeps the name for the report.
+    assert_eq!(undo_creation(&mut root), 0);
+    assert_eq!(root.transactions.undone(), "delta");
+}
+
+#[test]
+fn without_a_creation_under_way_nothing_is_undone() {
+    let mut root = arena();
+    add_vm(&mut root, "alpha", 0x0100_0000);
+    let used = root.pages.used();
+    assert_eq!(undo_creation(&mut root), 0);
+    assert_eq!(root.transactions.undone(), "");
+    assert_eq!(root.pages.used(), used);
+}
+
+#[test]
+fn interrupted_resets_of_sound_vms_are_completed_whatever_their_state() {
+    let mut root = three_vms();
+    root.vms[0].reset = RESET_OPERATOR;
+    root.vms[1].reset = RESET_GUEST;
+    root.vms[2].set_state(VmState::Off);
+    root.vms[2].reset = RESET_OPERATOR;
+    let r = interrupted_resets(&mut root, 0);
+    assert_eq!(
+        r,
+        Resets {
+            complete: 0b111,
+            abandoned: 0,
+            stopped: 0
+        }
+    );
+    for slot in 0..3 {
+        assert_ne!(
+            root.vms[slot].reset, RESET_NONE,
+            "kept until the reset is redone"
+        );
+    }
+    assert_eq!(
+        root.vms[2].state(),
+        Some(VmState::Off),
+        "the reset makes it runnable"
+    );
+}
+
+#[test]
+fn a_reset_is_not_completed_over_a_corrupt_record_a_conflict_or_a_stopped_culprit() {
+    let mut root = three_vms();
+    for slot in 0..3 {
+        root.vms[slot].reset = RESET_GUEST;
+    }
+    // alpha: corrupt (check_vms stops it first); beta: stopped by this recovery;
+    // gamma: its RAM overlaps alpha's.
+    root.vms[0].config_checksum ^= 1;
+    assert_eq!(check_vms(&mut root), 1);
+    stop(
+        &mut root.vms[1],
+        format_args!("in flight at 3 hypervisor failures within 10 s"),
+    );
+    root.vms[2].config.ram_start = root.vms[0].config.ram_start;
+    root.vms[2].seal_config();
+    let r = interrupted_resets(&mut root, 1 << 1);
+    assert_eq!(r.complete, 0);
+    assert_eq!(r.abandoned, 0b111);
+    assert_eq!(r.stopped, 1, "only gamma was still running");
+    for slot in 0..3 {
+        assert_eq!(root.vms[slot].reset, RESET_NONE);
+        assert_eq!(root.vms[slot].state(), Some(VmState::Stopped));
+    }
+    assert_eq!(
+        root.vms[2].stop_reason(),
+        "recovery: its interrupted reset could not be completed"
+    );
+    assert!(
+        root.vms[1].stop_reason().contains("in flight at 3"),
+        "reason kept"
+    );
+    assert_eq!(interrupted_resets(&mut root, 0), Resets::default());
+}
+
+#[test]
+fn free_slots_and_vms_without_a_reset_are_left_alone() {
+    let mut root = three_vms();
+    root.vms[5].reset = RESET_OPERATOR; // a free slot: stale
+    let r = interrupted_resets(&mut root, 0);
+    assert_eq!(r, Resets::default());
+    for slot in 0..3 {
+        assert_untouched(&root, slot);
+    }
+}

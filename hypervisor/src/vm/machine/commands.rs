@@ -89,16 +89,9 @@ impl Vms {
                 "error: vm {name}: its record is corrupt ({e}); it cannot be reset"
             );
         }
-        if let Err(e) = self.reset_guest(slot) {
+        if let Err(e) = self.reset_vm(slot, arena::intent::RESET_OPERATOR) {
             vmx_failure("reset", &self.root.vms[slot], e);
         }
-        let vm = &mut self.root.vms[slot];
-        vm.set_state(VmState::Runnable);
-        vm.set_stop_reason(format_args!(""));
-        // A fresh start: the failures it was in flight at, and a test's `bad-entry`, are
-        // forgotten (a guest's own reboot keeps them: it could otherwise launder them).
-        vm.suspect = arena::SuspectRecord::EMPTY;
-        vm.bad_entry = 0;
         log::info!("vm {name}: reset by the operator");
         writeln!(out, "vm {name}: reset")
     }

@@ -118,7 +118,8 @@ impl Vms {
         }
     }
 
-    /// Creates one VM.
+    /// Creates one VM, as a transaction (`arena::intent`): from its first arena page to
+    /// its record being runnable, a failure makes recovery undo it.
     pub fn create(
         &mut self,
         plan: &VmPlan,
@@ -128,11 +129,56 @@ impl Vms {
             return Err(CreateError::Exists);
         }
         let slot = self.root.free_slot().ok_or(CreateError::TableFull)?;
+        let entry = self.entry_of(plan)?;
+        let ram = free
+            .allocate(plan.mem, 2 << 20)
+            .ok_or(CreateError::NoMemory {
+                needed: plan.mem,
+                largest: free.largest_free(),
+            })?;
+        let mut vm = record_for(plan, self.root.next_vm_id, ram, entry);
+        self.root.begin_create(slot, &plan.name);
+        if self.take_vm_pages(&mut vm).is_none() {
+            // Give back everything taken for this VM: its RAM and its arena pages.
+            let _ = free.free(ram);
+            self.root.undo_create();
+            return Err(CreateError::ArenaFull);
+        }
+        self.root.vms[slot] = vm;
+        if crate::triggers::take_mid_create() {
+            panic!(
+                "trigger: deliberate panic in the middle of creating vm {} ({} arena pages taken)",
+                plan.name, self.root.create.count
+            );
+        }
+        if let Err(e) = self.reset_guest(slot) {
+            vmx_failure("VMCS setup", &self.root.vms[slot], e);
+        }
+        self.root.vms[slot].set_state(VmState::Runnable);
+        // The id is spent with the commit: an undone creation leaves no trace.
+        self.root.next_vm_id += 1;
+        self.root.commit_create();
+        let vm = &self.root.vms[slot];
+        log::info!(
+            "vm {}: created: id={} mem={} ram=[{:#x}, {:#x}) entry={:#x} args=\"{}\"",
+            vm.name(),
+            vm.id,
+            format_size(plan.mem),
+            ram.start,
+            ram.end,
+            entry,
+            vm.args()
+        );
+        Ok(slot)
+    }
+
+    /// The guest's entry point, from its image (which must load into `plan.mem`).
+    fn entry_of(&self, plan: &VmPlan) -> Result<u64, CreateError> {
         let module = *self
             .modules
             .get(plan.image)
             .ok_or(CreateError::NoModule(plan.image))?;
-        let entry = match plan.role {
+        Ok(match plan.role {
             Role::Elf => {
                 crate::loader::parse(module_bytes(module), plan.mem, ELF_MIN_GPA)
                     .map_err(CreateError::Elf)?
@@ -149,94 +195,55 @@ impl Vms {
                     .map_err(CreateError::Linux)?
                     .entry
             }
-        };
-        let ram = free
-            .allocate(plan.mem, 2 << 20)
-            .ok_or(CreateError::NoMemory {
-                needed: plan.mem,
-                largest: free.largest_free(),
-            })?;
-        let mut vm = VmRecord::EMPTY;
-        vm.id = self.root.next_vm_id;
-        arena::set_text(&mut vm.name, &plan.name);
-        vm.config.module_index = plan.image as u32;
-        vm.config.initrd_module = plan.initrd.map_or(arena::NO_MODULE, |i| i as u32);
-        vm.config.kind = if plan.role == Role::Elf {
-            arena::KIND_ELF
-        } else {
-            arena::KIND_LINUX
-        };
-        vm.config.on_triple_fault = match plan.on_triple_fault {
-            TripleFault::Stop => arena::ON_TRIPLE_FAULT_STOP,
-            TripleFault::Reset => arena::ON_TRIPLE_FAULT_RESET,
-        };
-        vm.config.on_reboot = match plan.on_reboot {
-            TripleFault::Stop => arena::ON_REBOOT_STOP,
-            TripleFault::Reset => arena::ON_REBOOT_RESET,
-        };
-        vm.config.ram_start = ram.start;
-        vm.config.ram_size = plan.mem;
-        vm.config.entry = entry;
-        arena::set_text(&mut vm.config.args, &plan.args);
-        vm.seal_config();
-        let pages = (|| {
-            let vmcs = self.root.alloc_page()?;
-            let xsave = self.root.alloc_page()?;
-            Some((vmcs, xsave))
-        })();
-        let Some((vmcs, xsave)) = pages else {
-            let _ = free.free(ram);
-            return Err(CreateError::ArenaFull);
-        };
+        })
+    }
+
+    /// Takes the arena pages of the VM being created (VMCS, XSAVE area, EPT tables
+    /// mapping its RAM), each recorded in the creation intent. None if the arena ran out
+    /// (what was taken stays recorded, for `ArenaRoot::undo_create`).
+    fn take_vm_pages(&mut self, vm: &mut VmRecord) -> Option<()> {
+        let vmcs = self.root.alloc_create_page()?;
         zero_page(vmcs);
-        zero_page(xsave);
         vm.vcpu.vmcs = vmcs;
+        let xsave = self.root.alloc_create_page()?;
+        zero_page(xsave);
         vm.vcpu.xsave = xsave;
-        let mut tables = ArenaTables {
-            root: &mut *self.root,
-            taken: heapless::Vec::new(),
-        };
-        let all = Access {
-            read: true,
-            write: true,
-            execute: true,
-        };
-        let mapping = Mapping {
-            gpa: 0,
-            hpa: ram.start,
-            len: plan.mem,
-            access: all,
-        };
+        let caps = self.caps.ept;
+        let mapping = ram_mapping(vm);
+        let mut tables = ArenaTables::creating(&mut *self.root);
         let ept = Ept::new(&mut tables)
-            .and_then(|ept| ept.map(&mut tables, &mapping, &self.caps.ept).map(|()| ept));
-        let Ok(ept) = ept else {
-            // Give back everything taken for this VM: its RAM and its arena pages.
-            let taken = core::mem::take(&mut tables.taken);
-            let _ = free.free(ram);
-            for page in [vmcs, xsave].into_iter().chain(taken) {
-                let _ = self.root.free_page(page);
-            }
-            return Err(CreateError::ArenaFull);
-        };
+            .and_then(|ept| ept.map(&mut tables, &mapping, &caps).map(|()| ept))
+            .ok()?;
         vm.ept_root = ept.pml4;
-        self.root.next_vm_id += 1;
-        self.root.vms[slot] = vm;
-        if let Err(e) = self.reset_guest(slot) {
-            vmx_failure("VMCS setup", &self.root.vms[slot], e);
+        Some(())
+    }
+
+    /// Resets the VM in slot `slot` as a transaction (`arena::intent`): its reset intent
+    /// (`kind`: [`arena::intent::RESET_OPERATOR`] or [`arena::intent::RESET_GUEST`]) is
+    /// set before the first step and cleared after the last, so that recovery completes
+    /// a reset a failure interrupted ([`Vms::complete_reset`]). The VM is runnable after
+    /// it; an operator's reset also forgets its stop reason, the failures it was in
+    /// flight at and a test's `bad-entry` (a guest's own reboot keeps them: it could
+    /// otherwise launder them).
+    pub(super) fn reset_vm(&mut self, slot: usize, kind: u32) -> Result<(), VmxError> {
+        self.root.vms[slot].reset = kind;
+        self.reset_guest(slot)?;
+        let vm = &mut self.root.vms[slot];
+        vm.set_state(VmState::Runnable);
+        if kind == arena::intent::RESET_OPERATOR {
+            vm.set_stop_reason(format_args!(""));
+            vm.suspect = arena::SuspectRecord::EMPTY;
+            vm.bad_entry = 0;
         }
-        self.root.vms[slot].set_state(VmState::Runnable);
-        let vm = &self.root.vms[slot];
-        log::info!(
-            "vm {}: created: id={} mem={} ram=[{:#x}, {:#x}) entry={:#x} args=\"{}\"",
-            vm.name(),
-            vm.id,
-            format_size(plan.mem),
-            ram.start,
-            ram.end,
-            entry,
-            vm.args()
-        );
-        Ok(slot)
+        vm.reset = arena::intent::RESET_NONE;
+        Ok(())
+    }
+
+    /// Recovery: redoes, from the start, the reset of the VM in slot `slot` that a
+    /// failure interrupted (its record says which kind; recovery has checked the record).
+    pub fn complete_reset(&mut self, slot: usize) -> Result<(), VmxError> {
+        let kind = self.root.vms[slot].reset;
+        self.reset_vm(slot, kind)
     }
 
     /// Puts the VM in slot `slot` in its initial state: RAM zeroed and reloaded from its
@@ -258,7 +265,15 @@ impl Vms {
                 .map_or(&[][..], module_bytes),
         };
         let mut ram = Ram::of(vm);
-        zero_petting(ram.bytes());
+        let (low, high) = ram.bytes().split_at_mut(vm.config.ram_size as usize / 2);
+        zero_petting(low);
+        if vm.reset != arena::intent::RESET_NONE && crate::triggers::take_mid_reset() {
+            panic!(
+                "trigger: deliberate panic in the middle of resetting vm {} (half its RAM cleared)",
+                vm.name()
+            );
+        }
+        zero_petting(high);
         vm.vcpu.regs = GuestRegisters::default();
         if vm.config.kind == arena::KIND_LINUX {
             // Checked when the VM was created; the module cannot have changed since.
@@ -326,6 +341,34 @@ impl Vms {
         }
         Ok(())
     }
+}
+
+/// A new VM's record (not yet runnable): its identity and configuration, sealed.
+fn record_for(plan: &VmPlan, id: u32, ram: Range, entry: u64) -> VmRecord {
+    let mut vm = VmRecord::EMPTY;
+    vm.id = id;
+    arena::set_text(&mut vm.name, &plan.name);
+    vm.config.module_index = plan.image as u32;
+    vm.config.initrd_module = plan.initrd.map_or(arena::NO_MODULE, |i| i as u32);
+    vm.config.kind = if plan.role == Role::Elf {
+        arena::KIND_ELF
+    } else {
+        arena::KIND_LINUX
+    };
+    vm.config.on_triple_fault = match plan.on_triple_fault {
+        TripleFault::Stop => arena::ON_TRIPLE_FAULT_STOP,
+        TripleFault::Reset => arena::ON_TRIPLE_FAULT_RESET,
+    };
+    vm.config.on_reboot = match plan.on_reboot {
+        TripleFault::Stop => arena::ON_REBOOT_STOP,
+        TripleFault::Reset => arena::ON_REBOOT_RESET,
+    };
+    vm.config.ram_start = ram.start;
+    vm.config.ram_size = plan.mem;
+    vm.config.entry = entry;
+    arena::set_text(&mut vm.config.args, &plan.args);
+    vm.seal_config();
+    vm
 }
 
 /// Zeroes a VM's RAM in 1 MiB pieces, petting the watchdog after each: all of it at once

@@ -7,8 +7,30 @@ use super::*;
 /// Physical memory through the identity map, as the EPT builder sees it.
 pub(super) struct ArenaTables<'a> {
     pub(super) root: &'a mut ArenaRoot,
-    /// Pages handed out, so a failed build can give them back.
-    pub(super) taken: heapless::Vec<u64, 64>,
+    /// Pages handed out (at most [`arena::intent::MAX_EPT_TABLES`]).
+    pub(super) taken: heapless::Vec<u64, { arena::intent::MAX_EPT_TABLES }>,
+    /// Whether the pages are for a VM being created: they are then recorded in the
+    /// arena's creation intent as they are taken, so a failure gives them back.
+    pub(super) creating: bool,
+}
+
+impl<'a> ArenaTables<'a> {
+    /// Tables for an existing VM (verified or rebuilt by recovery).
+    pub(super) fn of(root: &'a mut ArenaRoot) -> Self {
+        Self {
+            root,
+            taken: heapless::Vec::new(),
+            creating: false,
+        }
+    }
+
+    /// Tables for the VM being created (`ArenaRoot::begin_create`).
+    pub(super) fn creating(root: &'a mut ArenaRoot) -> Self {
+        Self {
+            creating: true,
+            ..Self::of(root)
+        }
+    }
 }
 
 impl TableMemory for ArenaTables<'_> {
@@ -16,7 +38,11 @@ impl TableMemory for ArenaTables<'_> {
         if self.taken.is_full() {
             return None;
         }
-        let page = self.root.alloc_page()?;
+        let page = if self.creating {
+            self.root.alloc_create_page()?
+        } else {
+            self.root.alloc_page()?
+        };
         zero_page(page);
         let _ = self.taken.push(page);
         Some(page)

@@ -94,10 +94,7 @@ impl Vms {
         let vm = &self.root.vms[slot];
         let mapping = ram_mapping(vm);
         let ept = Ept { pml4: vm.ept_root };
-        let tables = ArenaTables {
-            root: &mut *self.root,
-            taken: heapless::Vec::new(),
-        };
+        let tables = ArenaTables::of(&mut *self.root);
         let owned = |page: u64| tables.root.owns_page(page);
         ept.verify(&tables, &[mapping], &owned)
     }
@@ -106,10 +103,7 @@ impl Vms {
     /// they are left allocated rather than freed). False if the arena has no room.
     pub fn rebuild_ept(&mut self, slot: usize) -> bool {
         let mapping = ram_mapping(&self.root.vms[slot]);
-        let mut tables = ArenaTables {
-            root: &mut *self.root,
-            taken: heapless::Vec::new(),
-        };
+        let mut tables = ArenaTables::of(&mut *self.root);
         let caps = self.caps.ept;
         let built = Ept::new(&mut tables)
             .and_then(|ept| ept.map(&mut tables, &mapping, &caps).map(|()| ept));

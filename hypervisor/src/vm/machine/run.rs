@@ -286,11 +286,13 @@ impl Vms {
         let record = r.complete();
         let stopped = core::mem::take(&mut r.stopped_slots);
         r.print_report();
+        let tx = core::mem::replace(&mut self.root.transactions, arena::TransactionReport::EMPTY);
         for (slot, vm) in self.root.vms.iter().enumerate() {
-            if stopped & (1 << slot) != 0 {
+            if (stopped | tx.resets_abandoned) & (1 << slot) != 0 {
                 log::error!("vm {}: stopped: {}", vm.name(), vm.stop_reason());
             }
         }
+        print_transactions(&tx, &self.root.vms);
         log::info!("{}", record);
     }
 
@@ -330,10 +332,9 @@ impl Vms {
                 } else {
                     log::info!("vm {}: rebooting (reset requested by the guest)", vm.name());
                 }
-                if let Err(e) = self.reset_guest(slot) {
+                if let Err(e) = self.reset_vm(slot, arena::intent::RESET_GUEST) {
                     vmx_failure("reset", &self.root.vms[slot], e);
                 }
-                self.root.vms[slot].set_state(VmState::Runnable);
             }
         }
         // Anything but Resume ends the slice.
@@ -409,6 +410,22 @@ impl Vms {
         load_swapped_msrs(&vm.vcpu.msrs, &self.caps);
         self.current = Some(next);
         self.root.fpu_owner = next as u32 + 1;
+    }
+}
+
+/// What recovery did to a creation and to resets that a failure interrupted
+/// (`arena::intent`), with the recovery's other lines.
+fn print_transactions(tx: &arena::TransactionReport, vms: &[VmRecord]) {
+    if !tx.undone().is_empty() {
+        log::error!(
+            "vm {}: not created: interrupted by a hypervisor failure; undone",
+            tx.undone()
+        );
+    }
+    for (slot, vm) in vms.iter().enumerate() {
+        if tx.resets_completed & (1 << slot) != 0 {
+            log::info!("vm {}: its interrupted reset was completed", vm.name());
+        }
     }
 }
 
