@@ -53,7 +53,7 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 /// console's `trigger KIND`). Number 15, `bad-entry`, makes every later VM entry of the
 /// calling VM fail; 16, `exit-flip`, changes the next exit after it was read;
 /// 17, `stack-overflow`, and 18, `boot-record`, are the stack and boot-record failures.
-pub const TRIGGERS: [&str; 19] = [
+pub const TRIGGERS: [&str; 20] = [
     "panic",
     "pf",
     "gp",
@@ -73,6 +73,7 @@ pub const TRIGGERS: [&str; 19] = [
     "exit-flip",
     "stack-overflow",
     "boot-record",
+    "no-entry",
 ];
 
 impl Hypercall {
