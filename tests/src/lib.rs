@@ -394,6 +394,19 @@ impl Machine {
     pub fn transcript(&self) -> &str {
         &self.seen
     }
+
+    /// The emulator's process id (for a panic hook that must stop it: binaries built
+    /// with `panic = "abort"` run no destructor).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The number of a `key=N` word in `text` (a `vm stats` reply, a `recovery` line...).
+pub fn key_number(text: &str, key: &str) -> Option<u64> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
 }
 
 impl Drop for Machine {
