@@ -72,8 +72,10 @@ use crate::arch::{nmi, pit, power};
 pub const TICK_HZ: u32 = 20;
 /// Milliseconds between two NMIs.
 pub const TICK_MS: u64 = 1000 / TICK_HZ as u64;
-/// Stale ticks that make a hang: the heartbeat unchanged for this many ticks in a row
-/// (docs/benchmarks.md, "Watchdog", has the measurements behind the value).
+/// Stale ticks that make a hang: the heartbeat unchanged for this many ticks in a row.
+/// Under load in Bochs no tick ever found it unchanged (docs/benchmarks.md, "Watchdog");
+/// four leave room for the tick's phase and for a tick lost to things an emulator does
+/// not show (the vCPU descheduled by a KVM host, an SMI), and detect in 200-250 ms.
 pub const HANG_TICKS: u32 = 4;
 /// The hang limit in milliseconds (for messages).
 pub const HANG_MS: u64 = HANG_TICKS as u64 * TICK_MS;

@@ -19,7 +19,7 @@ use lazarus_tests::{
 };
 
 const BOOT: Duration = Duration::from_secs(120);
-/// From the trigger to its `recovery` line (a hang takes the watchdog about a second of
+/// From the trigger to its `recovery` line (a hang takes the watchdog a fifth of a second of
 /// emulated time to notice).
 const RECOVERY: Duration = Duration::from_secs(120);
 
