@@ -54,8 +54,9 @@ pub const FAULT_TYPES: [&str; 6] = ["failstop", "register", "code", "data", "han
 /// calling VM fail; 16, `exit-flip`, changes the next exit after it was read;
 /// 17, `stack-overflow`, and 18, `boot-record`, are the stack and boot-record failures;
 /// 19, `mid-create`, and 20, `mid-reset`, arm a failure in the middle of the next VM
-/// creation and the next VM reset.
-pub const TRIGGERS: [&str; 21] = [
+/// creation and the next VM reset; 21, `no-entry`, makes the run loop stop entering
+/// VMs (for the watchdog).
+pub const TRIGGERS: [&str; 22] = [
     "panic",
     "pf",
     "gp",
@@ -77,6 +78,7 @@ pub const TRIGGERS: [&str; 21] = [
     "boot-record",
     "mid-create",
     "mid-reset",
+    "no-entry",
 ];
 
 impl Hypercall {

@@ -124,6 +124,12 @@ impl Machine for BootMachine {
                 "trigger: code-flip: one bit of unused code changed; the image scrub will find it"
             );
         }
+        if trigger == Trigger::NoEntry {
+            return writeln!(
+                out,
+                "trigger: no-entry: the run loop enters no VM from now on; the watchdog will find it"
+            );
+        }
         writeln!(
             out,
             "error: trigger {}: the failure did not happen",

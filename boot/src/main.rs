@@ -142,10 +142,11 @@ extern "C" fn lazarus_cold_entry(mbi: u32) -> ! {
     let watchdog_route = match route.and_then(|route| watchdog::start(route).map(|_| route)) {
         Ok(route) => {
             info!(
-                "watchdog: NMI every {} ms from the PIT via IO-APIC pin {}, hang after {} ms",
+                "watchdog: NMI every {} ms from the PIT via IO-APIC pin {}, hang after {} ms without progress or {} ms without a VM entry while a VM is runnable",
                 watchdog::TICK_MS,
                 route.pin,
-                watchdog::HANG_MS
+                watchdog::HANG_MS,
+                watchdog::NO_ENTRY_MS
             );
             Some(route)
         }

@@ -47,8 +47,10 @@ pub enum Failure<'a> {
     Image {
         address: u64,
     },
-    /// The watchdog saw no progress for `HANG_MS` (the NMI interrupted `frame`).
+    /// The watchdog found a hang (`what`: no progress, or no VM entry while VMs were
+    /// runnable); the NMI interrupted `frame`.
     Hang {
+        what: crate::watchdog::Hang,
         rip: u64,
         frame: &'a ExceptionFrame,
     },
@@ -132,11 +134,9 @@ impl fmt::Display for Failure<'_> {
                 f,
                 "hypervisor failure: image scrub: code or read-only data changed at {address:#x}"
             ),
-            Failure::Hang { rip, .. } => write!(
-                f,
-                "hypervisor failure: hang: no progress for {} ms (rip={rip:#x})",
-                crate::watchdog::HANG_MS
-            ),
+            Failure::Hang { what, rip, .. } => {
+                write!(f, "hypervisor failure: hang: {what} (rip={rip:#x})")
+            }
         }
     }
 }
@@ -280,8 +280,9 @@ pub fn on_exception(vector: u8, frame: &mut ExceptionFrame) {
         return;
     }
     if vector == 2 {
-        if crate::watchdog::on_host_nmi(frame.rip) {
+        if let Some(what) = crate::watchdog::on_host_nmi(frame.rip) {
             fail(&Failure::Hang {
+                what,
                 rip: frame.rip,
                 frame,
             })

@@ -2,7 +2,7 @@
 //! make the hypervisor fail on purpose. Off unless the command line says `triggers=on`.
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One way to make the hypervisor fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,10 +69,14 @@ pub enum Trigger {
     /// half the VM's RAM is cleared: recovery must complete the reset (armed; fires in the
     /// next VM reset).
     MidReset,
+    /// The run loop goes on (it pets the heartbeat, the console answers) but never enters
+    /// a VM again ([`no_entry`]), as twice after a code flip in a campaign: only the
+    /// watchdog's no-entry check can notice, while a VM is runnable.
+    NoEntry,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 21] = [
+    pub const ALL: [Trigger; 22] = [
         Trigger::Panic,
         Trigger::PageFault,
         Trigger::GeneralProtection,
@@ -94,6 +98,7 @@ impl Trigger {
         Trigger::BootRecord,
         Trigger::MidCreate,
         Trigger::MidReset,
+        Trigger::NoEntry,
     ];
 
     /// The name used on the console: `trigger NAME`.
@@ -120,6 +125,7 @@ impl Trigger {
             Trigger::BootRecord => "boot-record",
             Trigger::MidCreate => "mid-create",
             Trigger::MidReset => "mid-reset",
+            Trigger::NoEntry => "no-entry",
         }
     }
 
@@ -167,6 +173,13 @@ static ARMED_MID_COMMIT: AtomicBool = AtomicBool::new(false);
 static ARMED_EXIT_FLIP: AtomicBool = AtomicBool::new(false);
 static ARMED_MID_CREATE: AtomicBool = AtomicBool::new(false);
 static ARMED_MID_RESET: AtomicBool = AtomicBool::new(false);
+/// Trigger `no-entry` has fired: the run loop enters no VM until a microreboot.
+static NO_ENTRY: AtomicBool = AtomicBool::new(false);
+/// Host TSC when the last trigger that fails later fired (0: none), and which (its index
+/// in [`Trigger::ALL`]), for the report's `trigger: 'KIND' was detected ...` line: how
+/// long detection took ([`fired_before`]).
+static FIRED_AT: AtomicU64 = AtomicU64::new(0);
+static FIRED_KIND: AtomicU64 = AtomicU64::new(0);
 
 /// Arms a trigger that fires later ([`Trigger::armed_when`]); false for a trigger that is
 /// not armed but fired.
@@ -212,6 +225,74 @@ pub fn take_mid_reset() -> bool {
     ARMED_MID_RESET.swap(false, Ordering::SeqCst)
 }
 
+/// Whether `no-entry` fired (the run loop checks it before each VM entry).
+#[inline]
+pub fn no_entry() -> bool {
+    NO_ENTRY.load(Ordering::Relaxed)
+}
+
+/// Whether the trigger's failure comes some time after it fires, found by a detector
+/// (the watchdog): the report then says how long detection took.
+pub fn detected_later(trigger: Trigger) -> bool {
+    matches!(
+        trigger,
+        Trigger::Hang | Trigger::Deadlock | Trigger::NoEntry
+    )
+}
+
+/// Notes that `trigger` fires now, at host TSC `now`.
+#[cfg(any(test, target_os = "none"))]
+fn note_fired(trigger: Trigger, now: u64) {
+    if detected_later(trigger) {
+        let kind = Trigger::ALL.iter().position(|&t| t == trigger).unwrap_or(0);
+        FIRED_KIND.store(kind as u64, Ordering::SeqCst);
+        FIRED_AT.store(now, Ordering::SeqCst);
+    }
+}
+
+/// How long the detection of a trigger's failure took: the report's line
+/// `trigger: 'KIND' was detected N cycles (M.M ms) after it fired` (README, "Console
+/// lines"), which `scripts/bench-watchdog` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detected {
+    pub trigger: Trigger,
+    pub cycles: u64,
+    /// The TSC rate, for the milliseconds (0: unknown, none printed).
+    pub tsc_hz: u64,
+}
+
+impl fmt::Display for Detected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "trigger: '{}' was detected {} cycles",
+            self.trigger.name(),
+            self.cycles
+        )?;
+        if self.tsc_hz != 0 {
+            let tenths = u128::from(self.cycles) * 10_000 / u128::from(self.tsc_hz);
+            write!(f, " ({}.{} ms)", tenths / 10, tenths % 10)?;
+        }
+        f.write_str(" after it fired")
+    }
+}
+
+/// The detection of the trigger that fired last in this instance (`.bss`: a microreboot
+/// forgets it), if it is one a detector finds later and it fired before `detected` (the
+/// failure's detection TSC).
+pub fn fired_before(detected: u64, tsc_hz: u64) -> Option<Detected> {
+    let fired = FIRED_AT.load(Ordering::SeqCst);
+    if fired == 0 {
+        return None;
+    }
+    let trigger = Trigger::from_number(FIRED_KIND.load(Ordering::SeqCst))?;
+    Some(Detected {
+        trigger,
+        cycles: detected.checked_sub(fired)?,
+        tsc_hz,
+    })
+}
+
 /// Lists the trigger names, separated by spaces.
 pub struct Names;
 
@@ -237,6 +318,7 @@ pub const NON_CANONICAL_ADDRESS: u64 = 0x8000_0000_0000_0000;
 #[cfg(target_os = "none")]
 pub fn fire(trigger: Trigger) {
     use core::arch::asm;
+    note_fired(trigger, crate::arch::instructions::rdtsc());
     match trigger {
         Trigger::Panic => panic!("trigger: deliberate panic"),
         // SAFETY (the four asm blocks): each is meant to fault; the fault is reported as a
@@ -282,6 +364,7 @@ pub fn fire(trigger: Trigger) {
         }
         // The caller has set the VM's flag; its next VM entry fails.
         Trigger::BadEntry => {}
+        Trigger::NoEntry => NO_ENTRY.store(true, Ordering::SeqCst),
         Trigger::Hang => {
             crate::arch::instructions::disable_interrupts();
             loop {
@@ -345,6 +428,7 @@ pub extern "C" fn scrub_target() -> u64 {
 /// interrupts off; the second acquire waits for a release that can never come.
 #[cfg(target_os = "none")]
 pub fn deadlock(lock: &crate::arena::lock::ArenaLock) -> ! {
+    note_fired(Trigger::Deadlock, crate::arch::instructions::rdtsc());
     crate::arch::instructions::disable_interrupts();
     lock.acquire(0, 0);
     lock.acquire(0, 0);
@@ -363,7 +447,7 @@ mod tests {
         assert_eq!(Trigger::from_name("nope"), None);
         assert_eq!(
             std::format!("{Names}"),
-            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset"
+            "panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset no-entry"
         );
         assert_eq!(Trigger::from_number(14), Some(Trigger::ArenaHeader));
         assert_eq!(Trigger::from_number(15), Some(Trigger::BadEntry));
@@ -372,7 +456,8 @@ mod tests {
         assert_eq!(Trigger::from_number(18), Some(Trigger::BootRecord));
         assert_eq!(Trigger::from_number(19), Some(Trigger::MidCreate));
         assert_eq!(Trigger::from_number(20), Some(Trigger::MidReset));
-        assert_eq!(Trigger::from_number(21), None);
+        assert_eq!(Trigger::from_number(21), Some(Trigger::NoEntry));
+        assert_eq!(Trigger::from_number(22), None);
         assert_eq!(abi::TRIGGERS.len(), Trigger::ALL.len());
         assert_eq!(Trigger::from_number(7), Some(Trigger::MidExit));
         for (n, name) in abi::TRIGGERS.iter().enumerate() {
@@ -407,6 +492,37 @@ mod tests {
             take_mid_reset,
         ] {
             take();
+        }
+        assert!(!arm(Trigger::NoEntry) && !Trigger::NoEntry.needs_vm());
+    }
+
+    #[test]
+    fn detection_time_of_the_triggers_a_detector_finds() {
+        assert_eq!(fired_before(1000, 0), None, "nothing fired");
+        note_fired(Trigger::Panic, 500);
+        assert_eq!(fired_before(1000, 0), None, "a panic is its own detection");
+        note_fired(Trigger::NoEntry, 500);
+        let d = fired_before(26_000_500, 50_000_000).unwrap();
+        assert_eq!((d.trigger, d.cycles), (Trigger::NoEntry, 26_000_000));
+        assert_eq!(
+            d.to_string(),
+            "trigger: 'no-entry' was detected 26000000 cycles (520.0 ms) after it fired"
+        );
+        assert_eq!(
+            Detected { tsc_hz: 0, ..d }.to_string(),
+            "trigger: 'no-entry' was detected 26000000 cycles after it fired"
+        );
+        assert_eq!(
+            fired_before(400, 1),
+            None,
+            "a detection before the firing is no figure"
+        );
+        for t in Trigger::ALL {
+            assert_eq!(
+                detected_later(t),
+                matches!(t, Trigger::Hang | Trigger::Deadlock | Trigger::NoEntry),
+                "{t:?}"
+            );
         }
     }
 

@@ -1,6 +1,13 @@
-//! The hang watchdog (DESIGN 5): a periodic NMI checks a per-CPU heartbeat that the
-//! hypervisor's loops advance; no progress for [`HANG_TICKS`] ticks while in the host is
-//! a hang, reported as a hypervisor failure.
+//! The hang watchdog (DESIGN 5): a periodic NMI checks what the hypervisor's loops
+//! advance, and reports a hang, a hypervisor failure, in two cases:
+//!
+//! - **no progress**: the per-CPU heartbeat has not moved for [`HANG_TICKS`] ticks while
+//!   in the host (a deadlock, an endless loop, interrupts off);
+//! - **no VM entry**: at least one VM is runnable, yet the host has neither entered a VM
+//!   nor done bounded work that keeps the VMs waiting for [`NO_ENTRY_TICKS`] ticks. The
+//!   heartbeat alone misses this: twice in a campaign a code flip left the run loop going
+//!   round (petting the heartbeat, answering the console) without ever entering a VM, and
+//!   every VM stopped making progress with nothing detected.
 //!
 //! The NMI source is the physical PIT's channel 0 at [`TICK_HZ`] (a rate generator),
 //! routed through the I/O APIC with delivery mode NMI to the boot CPU's local APIC. Not a
@@ -11,16 +18,40 @@
 //! from there, without reading firmware tables a wild write may have destroyed.
 //!
 //! Ticks arrive two ways:
-//! - in the host, as an NMI through the IDT: [`on_host_nmi`] compares the heartbeat with
-//!   the value it saw last and counts stale ticks;
+//! - in the host, as an NMI through the IDT: [`on_host_nmi`] compares the heartbeat and
+//!   the VM-entry count with the values it saw last and counts stale ticks;
 //! - while a guest runs, as a VM exit ("NMI exiting" is on): the host was making progress
-//!   by definition (it was running the guest), so [`on_guest_nmi_exit`] counts a tick with
-//!   progress, and ends the NMI blocking the exit left behind (see `arch::nmi`).
+//!   and a VM was entered, by definition (it was running the guest), so
+//!   [`on_guest_nmi_exit`] counts a tick with progress of both kinds, and ends the NMI
+//!   blocking the exit left behind (see `arch::nmi`).
+//!
+//! What advances what:
+//! - [`pet`] (the heartbeat): every iteration of every host loop (the console, the VM run
+//!   loop), and the console output, for each group of bytes the UART takes
+//!   (`arch::serial`): a long reply at 115200 baud is progress, bytes leave;
+//! - [`vm_entered`]: every VM entry;
+//! - [`pet_long_work`] (both): bounded host work that legitimately keeps every VM waiting,
+//!   zeroing and loading a VM's RAM (`vm create`, `vm reset`, a guest's reboot: 128 MiB
+//!   takes seconds in Bochs, 8 GiB about a second on hardware), in pieces.
+//!
+//! Console output is progress for the heartbeat but not a VM entry: the longest reply or
+//! guest line (a few KiB, a third of a second at 115200 baud) must fit in
+//! [`NO_ENTRY_TICKS`], so a loop that prints for ever while the VMs wait is still caught.
+//! The image scrub (a page per step) and the run loop's own work are microseconds; a
+//! recovery re-arms the watchdog ([`start`]) and enters the VMs within milliseconds; a VM
+//! that waits (HLT with interrupts on), halts or is stopped is not runnable, so idle VMs
+//! never make a hang.
+//!
+//! Whether a VM is runnable is read from the arena's VM table itself ([`watch_vms`]):
+//! sixteen plain `u32` reads, no lock, nothing the run loop could have forgotten to
+//! publish (the check must hold when the run loop is what broke).
 //!
 //! What is not caught: a hang before [`start`] (early boot), a hang in the failure path
 //! itself (it disarms the watchdog first), and every hang when [`start`] failed (no MADT,
 //! no I/O APIC: the boot says `watchdog: not armed: WHY`). A hang with NMIs blocked (inside
-//! the NMI handler, or between an NMI exit and [`on_guest_nmi_exit`]) is not seen either.
+//! the NMI handler, or between an NMI exit and [`on_guest_nmi_exit`]) is not seen either,
+//! nor VMs that wait for an interrupt the hypervisor never delivers (they are not
+//! runnable; the image scrub goes on while they wait).
 //!
 //! The state machine ([`Watchdog`]) is plain data, unit-tested; the machine part keeps it
 //! per CPU in atomics, touched only with NMIs blocked (in the NMI handler, or right after
@@ -37,51 +68,127 @@ use crate::arch::mmio::MapError;
 use crate::arch::{nmi, pit, power};
 
 /// NMIs per second. Each one that arrives while a guest runs is a VM exit, so this is
-/// kept low: 20 Hz costs a VM about 20 exits a second and still detects a hang within
-/// a second.
+/// kept low: 20 Hz costs a VM about 20 exits a second.
 pub const TICK_HZ: u32 = 20;
 /// Milliseconds between two NMIs.
 pub const TICK_MS: u64 = 1000 / TICK_HZ as u64;
-/// Stale ticks that make a hang: one second without progress.
-pub const HANG_TICKS: u32 = TICK_HZ;
+/// Stale ticks that make a hang: the heartbeat unchanged for this many ticks in a row.
+/// Under load in Bochs no tick ever found it unchanged (docs/benchmarks.md, "Watchdog");
+/// four leave room for the tick's phase and for a tick lost to things an emulator does
+/// not show (the vCPU descheduled by a KVM host, an SMI), and detect in 200-250 ms.
+pub const HANG_TICKS: u32 = 4;
 /// The hang limit in milliseconds (for messages).
 pub const HANG_MS: u64 = HANG_TICKS as u64 * TICK_MS;
+/// Ticks without a VM entry, while a VM is runnable, that make a hang. Longer than
+/// [`HANG_TICKS`]: console output keeps the heartbeat going but enters no VM, and the
+/// longest legitimate output (a 4 KiB `console_write`, about 360 ms at 115200 baud) must
+/// fit.
+pub const NO_ENTRY_TICKS: u32 = 10;
+/// The no-entry limit in milliseconds (for messages).
+pub const NO_ENTRY_MS: u64 = NO_ENTRY_TICKS as u64 * TICK_MS;
 
-/// One CPU's watchdog: the heartbeat value seen at the last tick and how many ticks in a
-/// row saw it unchanged.
+/// What the watchdog found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hang {
+    /// The heartbeat has not moved for [`HANG_TICKS`] ticks.
+    NoProgress,
+    /// No VM entry (nor long host work) for [`NO_ENTRY_TICKS`] ticks while `runnable` VMs
+    /// were runnable.
+    NoEntry { runnable: u32 },
+}
+
+/// The `hang: ...` part of the failure report (README, "Console lines").
+impl fmt::Display for Hang {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hang::NoProgress => write!(f, "no progress for {HANG_MS} ms"),
+            Hang::NoEntry { runnable: 1 } => {
+                write!(f, "no VM entry for {NO_ENTRY_MS} ms while 1 VM is runnable")
+            }
+            Hang::NoEntry { runnable } => write!(
+                f,
+                "no VM entry for {NO_ENTRY_MS} ms while {runnable} VMs are runnable"
+            ),
+        }
+    }
+}
+
+/// What a tick sees: the counters the host advances and how many VMs are runnable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Beat {
+    pub heartbeat: u64,
+    pub entries: u64,
+    pub runnable: u32,
+}
+
+/// One CPU's watchdog: the heartbeat and entry count seen at the last tick, how many
+/// ticks in a row saw each unchanged, and the longest such runs (for the `watchdog`
+/// console command: how close legitimate work came to the limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watchdog {
     pub last_seen: u64,
     pub stale: u32,
     pub limit: u32,
+    pub entries_seen: u64,
+    pub no_entry: u32,
+    pub no_entry_limit: u32,
+    pub longest_stale: u32,
+    pub longest_no_entry: u32,
 }
 
 impl Watchdog {
     #[must_use]
-    pub const fn new(heartbeat: u64, limit: u32) -> Self {
+    pub const fn new(heartbeat: u64, entries: u64, limit: u32, no_entry_limit: u32) -> Self {
         Self {
             last_seen: heartbeat,
             stale: 0,
             limit,
+            entries_seen: entries,
+            no_entry: 0,
+            no_entry_limit,
+            longest_stale: 0,
+            longest_no_entry: 0,
         }
     }
 
-    /// A tick in the host with the heartbeat at `heartbeat`. Returns true when the
-    /// heartbeat has not moved for `limit` ticks in a row: a hang.
-    pub fn tick(&mut self, heartbeat: u64) -> bool {
-        if heartbeat == self.last_seen {
+    /// A tick in the host. Returns the hang it finds: the heartbeat unchanged for `limit`
+    /// ticks in a row (checked first: it is the more general), or the entry count
+    /// unchanged for `no_entry_limit` ticks in a row with a VM runnable at each. A tick
+    /// with no VM runnable starts the no-entry count afresh: VMs that all wait are owed
+    /// nothing.
+    pub fn tick(&mut self, beat: Beat) -> Option<Hang> {
+        if beat.heartbeat == self.last_seen {
             self.stale = self.stale.saturating_add(1);
         } else {
-            self.last_seen = heartbeat;
+            self.last_seen = beat.heartbeat;
             self.stale = 0;
         }
-        self.stale >= self.limit
+        if beat.runnable == 0 || beat.entries != self.entries_seen {
+            self.entries_seen = beat.entries;
+            self.no_entry = 0;
+        } else {
+            self.no_entry = self.no_entry.saturating_add(1);
+        }
+        self.longest_stale = self.longest_stale.max(self.stale);
+        self.longest_no_entry = self.longest_no_entry.max(self.no_entry);
+        if self.stale >= self.limit {
+            Some(Hang::NoProgress)
+        } else if self.no_entry >= self.no_entry_limit {
+            Some(Hang::NoEntry {
+                runnable: beat.runnable,
+            })
+        } else {
+            None
+        }
     }
 
-    /// A tick that proves progress whatever the heartbeat says (an NMI VM exit).
-    pub fn progress(&mut self, heartbeat: u64) {
+    /// A tick that proves progress of both kinds whatever the counters say (an NMI VM
+    /// exit: a VM was running).
+    pub fn progress(&mut self, heartbeat: u64, entries: u64) {
         self.last_seen = heartbeat;
         self.stale = 0;
+        self.entries_seen = entries;
+        self.no_entry = 0;
     }
 }
 
@@ -123,43 +230,195 @@ impl fmt::Display for WatchdogError {
     }
 }
 
-/// Each CPU's heartbeat: advanced by [`pet`], read by the NMI handler (`.bss`).
-static HEARTBEAT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// Each CPU's [`Watchdog`], kept in atomics so the NMI handler needs no lock.
-static LAST_SEEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-static STALE: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+/// One CPU's counters and [`Watchdog`], in atomics so the NMI handler needs no lock
+/// (`.bss`: a microreboot starts them afresh).
+struct PerCpu {
+    /// Advanced by [`pet`] and [`pet_long_work`].
+    heartbeat: AtomicU64,
+    /// Advanced by [`vm_entered`] and [`pet_long_work`].
+    entries: AtomicU64,
+    last_seen: AtomicU64,
+    stale: AtomicU32,
+    entries_seen: AtomicU64,
+    no_entry: AtomicU32,
+    longest_stale: AtomicU32,
+    longest_no_entry: AtomicU32,
+    host_ticks: AtomicU64,
+    guest_ticks: AtomicU64,
+}
+
+impl PerCpu {
+    const fn new() -> Self {
+        Self {
+            heartbeat: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            last_seen: AtomicU64::new(0),
+            stale: AtomicU32::new(0),
+            entries_seen: AtomicU64::new(0),
+            no_entry: AtomicU32::new(0),
+            longest_stale: AtomicU32::new(0),
+            longest_no_entry: AtomicU32::new(0),
+            host_ticks: AtomicU64::new(0),
+            guest_ticks: AtomicU64::new(0),
+        }
+    }
+
+    fn load(&self) -> Watchdog {
+        Watchdog {
+            last_seen: self.last_seen.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            limit: HANG_TICKS,
+            entries_seen: self.entries_seen.load(Ordering::Relaxed),
+            no_entry: self.no_entry.load(Ordering::Relaxed),
+            no_entry_limit: NO_ENTRY_TICKS,
+            longest_stale: self.longest_stale.load(Ordering::Relaxed),
+            longest_no_entry: self.longest_no_entry.load(Ordering::Relaxed),
+        }
+    }
+
+    fn store(&self, w: &Watchdog) {
+        self.last_seen.store(w.last_seen, Ordering::Relaxed);
+        self.stale.store(w.stale, Ordering::Relaxed);
+        self.entries_seen.store(w.entries_seen, Ordering::Relaxed);
+        self.no_entry.store(w.no_entry, Ordering::Relaxed);
+        self.longest_stale.store(w.longest_stale, Ordering::Relaxed);
+        self.longest_no_entry
+            .store(w.longest_no_entry, Ordering::Relaxed);
+    }
+}
+
+static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
 /// Where the host was at the last host NMI (diagnostics).
 static LAST_RIP: AtomicU64 = AtomicU64::new(0);
 /// Set by [`start`], cleared by [`disarm`].
 static ARMED: AtomicBool = AtomicBool::new(false);
 /// The I/O APIC and pin that [`disarm`] masks (no page-table walk on the failure path).
 static TARGET: spin::Once<(IoApic, u32)> = spin::Once::new();
+/// The address of the arena's VM table ([`watch_vms`]); 0 before VMX runs.
+static VM_TABLE: AtomicU64 = AtomicU64::new(0);
 
 /// The running CPU's index (only the boot CPU runs so far).
 const fn this_cpu() -> usize {
     0
 }
 
-fn load(cpu: usize) -> Watchdog {
-    Watchdog {
-        last_seen: LAST_SEEN[cpu].load(Ordering::Relaxed),
-        stale: STALE[cpu].load(Ordering::Relaxed),
-        limit: HANG_TICKS,
-    }
-}
-
-fn store(cpu: usize, w: &Watchdog) {
-    LAST_SEEN[cpu].store(w.last_seen, Ordering::Relaxed);
-    STALE[cpu].store(w.stale, Ordering::Relaxed);
+/// A load and a store on a per-CPU word: no lock, no atomic read-modify-write (only this
+/// CPU writes it).
+#[inline]
+fn advance(counter: &AtomicU64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// Records progress on this CPU. Called once per iteration of every host loop (the
-/// console, the VM run loop) and in chunks by long operations. A load and a store on a
-/// per-CPU word: no lock, no atomic read-modify-write (only this CPU writes it).
+/// console, the VM run loop) and by the console output as bytes leave.
 #[inline]
 pub fn pet() {
-    let h = &HEARTBEAT[this_cpu()];
-    h.store(h.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    advance(&CPUS[this_cpu()].heartbeat);
+}
+
+/// Records a VM entry on this CPU (the run loop, just before it enters a VM).
+#[inline]
+pub fn vm_entered() {
+    advance(&CPUS[this_cpu()].entries);
+}
+
+/// Records a piece of bounded host work that legitimately keeps every VM waiting
+/// (zeroing or loading a VM's RAM): progress for both checks.
+#[inline]
+pub fn pet_long_work() {
+    let cpu = &CPUS[this_cpu()];
+    advance(&cpu.heartbeat);
+    advance(&cpu.entries);
+}
+
+/// Tells the watchdog where the arena's VM table is, so that it knows whether any VM is
+/// runnable (VMX start and every recovery boot). The table stays where it is for the
+/// machine's life: the arena never moves.
+pub fn watch_vms(table: &[crate::arena::VmRecord; crate::arena::MAX_VMS]) {
+    VM_TABLE.store(table.as_ptr() as u64, Ordering::Relaxed);
+}
+
+/// How many VMs of the watched table are runnable (0 before [`watch_vms`]).
+fn runnable_vms() -> u32 {
+    match VM_TABLE.load(Ordering::Relaxed) {
+        0 => 0,
+        table => vm_table::runnable(table),
+    }
+}
+
+/// The one raw read of the watchdog: VM states straight from the arena's VM table, in
+/// the NMI handler, which may have interrupted the run loop while it holds the table
+/// mutably.
+mod vm_table {
+    use crate::arena::{VmRecord, VmState, MAX_VMS};
+
+    /// How many of the `MAX_VMS` records at `table` say [`VmState::Runnable`].
+    pub(super) fn runnable(table: u64) -> u32 {
+        let mut n = 0;
+        for slot in 0..MAX_VMS {
+            let at = table
+                + (slot * core::mem::size_of::<VmRecord>() + core::mem::offset_of!(VmRecord, state))
+                    as u64;
+            // SAFETY: `table` is the address of the arena's `[VmRecord; MAX_VMS]`
+            // (`watch_vms`): identity-mapped RAM the layout reserved for the arena, never
+            // unmapped or moved, so `at` is the aligned `state` word of record `slot`. The
+            // word is a plain `u32` (any value is valid) and this CPU is the only writer:
+            // the NMI came between two instructions, so the read cannot tear. A volatile
+            // read, because the interrupted code may hold the table mutably; nothing is
+            // written.
+            let raw = unsafe { core::ptr::read_volatile(at as *const u32) };
+            n += u32::from(raw == VmState::Runnable as u32);
+        }
+        n
+    }
+}
+
+/// The watchdog's limits and what it saw since this instance armed it (cold boot or the
+/// last recovery boot): the `watchdog` console command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub armed: bool,
+    /// The longest run of ticks without progress, and without a VM entry while a VM was
+    /// runnable, that ended (or goes on) below the limits.
+    pub longest_stale: u32,
+    pub longest_no_entry: u32,
+    /// Ticks taken in the host and as NMI VM exits.
+    pub host_ticks: u64,
+    pub guest_ticks: u64,
+}
+
+impl Stats {
+    /// This CPU's figures.
+    pub fn now() -> Stats {
+        let cpu = &CPUS[this_cpu()];
+        Stats {
+            armed: armed(),
+            longest_stale: cpu.longest_stale.load(Ordering::Relaxed),
+            longest_no_entry: cpu.longest_no_entry.load(Ordering::Relaxed),
+            host_ticks: cpu.host_ticks.load(Ordering::Relaxed),
+            guest_ticks: cpu.guest_ticks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The `watchdog` console command's line (README, "Console").
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.armed {
+            return f.write_str("watchdog: not armed");
+        }
+        write!(
+            f,
+            "watchdog: tick={TICK_MS}ms hang={HANG_MS}ms no_entry={NO_ENTRY_MS}ms longest_stale={}ms longest_no_entry={}ms host_ticks={} guest_ticks={}",
+            u64::from(self.longest_stale) * TICK_MS,
+            u64::from(self.longest_no_entry) * TICK_MS,
+            self.host_ticks,
+            self.guest_ticks
+        )
+    }
 }
 
 /// Where the PIT's IRQ 0 reaches an I/O APIC: what [`find_route`] reads from the MADT
@@ -218,11 +477,13 @@ pub fn start(route: Route) -> Result<u32, WatchdogError> {
     for other in (0..pins).filter(|&p| p != pin) {
         ioapic.mask(other);
     }
-    let cpu = this_cpu();
-    store(
-        cpu,
-        &Watchdog::new(HEARTBEAT[cpu].load(Ordering::Relaxed), HANG_TICKS),
-    );
+    let cpu = &CPUS[this_cpu()];
+    cpu.store(&Watchdog::new(
+        cpu.heartbeat.load(Ordering::Relaxed),
+        cpu.entries.load(Ordering::Relaxed),
+        HANG_TICKS,
+        NO_ENTRY_TICKS,
+    ));
     let &(ioapic, pin) = TARGET.call_once(|| (ioapic, pin));
     ARMED.store(true, Ordering::SeqCst);
     pit::start_rate_generator(TICK_HZ);
@@ -246,19 +507,24 @@ pub fn armed() -> bool {
     ARMED.load(Ordering::Relaxed)
 }
 
-/// An NMI taken in the host, at `rip`. Returns true when it finds a hang: the heartbeat
-/// has not moved for [`HANG_TICKS`] ticks. Lock-free and allocation-free: it runs in the
-/// NMI handler, possibly on top of code that holds any lock. An NMI while the watchdog is
-/// not armed is ignored.
-pub fn on_host_nmi(rip: u64) -> bool {
+/// An NMI taken in the host, at `rip`. Returns the hang it finds (see [`Watchdog::tick`]).
+/// Lock-free and allocation-free: it runs in the NMI handler, possibly on top of code
+/// that holds any lock; it reads per-CPU atomics and the arena's VM states. An NMI while
+/// the watchdog is not armed is ignored.
+pub fn on_host_nmi(rip: u64) -> Option<Hang> {
     if !ARMED.load(Ordering::Relaxed) {
-        return false;
+        return None;
     }
     LAST_RIP.store(rip, Ordering::Relaxed);
-    let cpu = this_cpu();
-    let mut w = load(cpu);
-    let hang = w.tick(HEARTBEAT[cpu].load(Ordering::Relaxed));
-    store(cpu, &w);
+    let cpu = &CPUS[this_cpu()];
+    advance(&cpu.host_ticks);
+    let mut w = cpu.load();
+    let hang = w.tick(Beat {
+        heartbeat: cpu.heartbeat.load(Ordering::Relaxed),
+        entries: cpu.entries.load(Ordering::Relaxed),
+        runnable: runnable_vms(),
+    });
+    cpu.store(&w);
     hang
 }
 
@@ -266,10 +532,14 @@ pub fn on_host_nmi(rip: u64) -> bool {
 /// left in effect (SDM Vol. 3C §28.1, see `arch::nmi`), so the next tick can reach the host.
 pub fn on_guest_nmi_exit() {
     if ARMED.load(Ordering::Relaxed) {
-        let cpu = this_cpu();
-        let mut w = load(cpu);
-        w.progress(HEARTBEAT[cpu].load(Ordering::Relaxed));
-        store(cpu, &w);
+        let cpu = &CPUS[this_cpu()];
+        advance(&cpu.guest_ticks);
+        let mut w = cpu.load();
+        w.progress(
+            cpu.heartbeat.load(Ordering::Relaxed),
+            cpu.entries.load(Ordering::Relaxed),
+        );
+        cpu.store(&w);
     }
     nmi::unblock_nmis();
 }
@@ -278,77 +548,210 @@ pub fn on_guest_nmi_exit() {
 mod tests {
     use super::*;
 
+    /// A beat with `runnable` VMs and the entry count left at 0.
+    fn beat(heartbeat: u64, runnable: u32) -> Beat {
+        Beat {
+            heartbeat,
+            entries: 0,
+            runnable,
+        }
+    }
+
+    /// A heartbeat-only watchdog (no VM runnable).
+    fn hb(w: &mut Watchdog, heartbeat: u64) -> bool {
+        w.tick(beat(heartbeat, 0)) == Some(Hang::NoProgress)
+    }
+
     #[test]
     fn constants() {
-        assert_eq!((TICK_MS, HANG_MS), (50, 1000));
+        assert_eq!((TICK_MS, HANG_MS, NO_ENTRY_MS), (50, 200, 500));
+        const { assert!(NO_ENTRY_TICKS > HANG_TICKS) };
     }
 
     #[test]
     fn a_moving_heartbeat_is_never_a_hang() {
-        let mut w = Watchdog::new(0, 3);
-        for beat in 1..1000 {
-            assert!(!w.tick(beat));
+        let mut w = Watchdog::new(0, 0, 3, 5);
+        for b in 1..1000 {
+            assert!(!hb(&mut w, b));
             assert_eq!(w.stale, 0);
         }
     }
 
     #[test]
     fn k_stale_ticks_are_a_hang() {
-        let mut w = Watchdog::new(7, 3);
-        assert!(!w.tick(7));
-        assert!(!w.tick(7));
-        assert!(w.tick(7), "third tick without progress");
-        assert!(w.tick(7), "still hung");
+        let mut w = Watchdog::new(7, 0, 3, 5);
+        assert!(!hb(&mut w, 7));
+        assert!(!hb(&mut w, 7));
+        assert!(hb(&mut w, 7), "third tick without progress");
+        assert!(hb(&mut w, 7), "still hung");
         assert_eq!(w.stale, 4);
+        assert_eq!(w.longest_stale, 4);
     }
 
     #[test]
     fn progress_resets_the_count() {
-        let mut w = Watchdog::new(0, 3);
-        assert!(!w.tick(0));
-        assert!(!w.tick(0));
-        assert!(!w.tick(1), "the heartbeat moved just in time");
+        let mut w = Watchdog::new(0, 0, 3, 5);
+        assert!(!hb(&mut w, 0));
+        assert!(!hb(&mut w, 0));
+        assert!(!hb(&mut w, 1), "the heartbeat moved just in time");
         assert_eq!((w.last_seen, w.stale), (1, 0));
-        assert!(!w.tick(1));
-        assert!(!w.tick(1));
+        assert!(!hb(&mut w, 1));
+        assert!(!hb(&mut w, 1));
         // An NMI exit counts as progress even if the heartbeat did not move.
-        w.progress(1);
-        assert!(!w.tick(1));
-        assert!(!w.tick(1));
-        assert!(w.tick(1));
+        w.progress(1, 0);
+        assert!(!hb(&mut w, 1));
+        assert!(!hb(&mut w, 1));
+        assert!(hb(&mut w, 1));
+        assert_eq!(w.longest_stale, 3, "the longest run is kept");
     }
 
     #[test]
     fn wrapping_heartbeat_and_saturating_count() {
-        let mut w = Watchdog::new(u64::MAX, 2);
-        assert!(!w.tick(0), "wrapped around: still progress");
+        let mut w = Watchdog::new(u64::MAX, 0, 2, 5);
+        assert!(!hb(&mut w, 0), "wrapped around: still progress");
         let mut w = Watchdog {
-            last_seen: 5,
             stale: u32::MAX,
-            limit: 2,
+            no_entry: u32::MAX,
+            ..Watchdog::new(5, 9, 2, 3)
         };
-        assert!(w.tick(5));
-        assert_eq!(w.stale, u32::MAX);
+        assert_eq!(w.tick(beat(5, 1)), Some(Hang::NoProgress));
+        assert_eq!(
+            (w.stale, w.no_entry),
+            (u32::MAX, 0),
+            "entries moved: 0 -> 9"
+        );
     }
 
     #[test]
-    fn one_second_of_ticks() {
-        // Progress one tick short of a second apart is fine; a second of none is a hang.
-        assert_eq!(HANG_MS, 1000);
-        let mut w = Watchdog::new(0, HANG_TICKS);
-        let mut beat = 0;
-        for tick in 1..=10 * (HANG_TICKS - 1) {
-            if tick % (HANG_TICKS - 1) == 0 {
-                beat += 1;
+    fn the_hang_limit_in_ticks() {
+        // Progress one tick short of the limit apart is fine; the limit without is a hang.
+        let mut w = Watchdog::new(0, 0, HANG_TICKS, NO_ENTRY_TICKS);
+        let mut b = 0;
+        for tick in 1..=10 * HANG_TICKS {
+            if tick % HANG_TICKS == 0 {
+                b += 1;
             }
-            assert!(!w.tick(beat), "tick {tick}");
+            assert!(!hb(&mut w, b), "tick {tick}");
         }
-        let hang = (0..HANG_TICKS).map(|_| w.tick(beat)).position(|h| h);
+        assert_eq!(w.longest_stale, HANG_TICKS - 1);
+        let hang = (0..HANG_TICKS).map(|_| hb(&mut w, b)).position(|h| h);
         assert_eq!(hang, Some(HANG_TICKS as usize - 1));
+    }
+
+    /// Ticks of a run loop that pets the heartbeat but enters no VM (the `no-entry`
+    /// trigger, the campaign's case).
+    #[test]
+    fn a_heartbeat_without_entries_is_a_hang_when_a_vm_is_runnable() {
+        let mut w = Watchdog::new(0, 0, 3, 5);
+        let mut found = None;
+        for t in 1..=5 {
+            found = w.tick(Beat {
+                heartbeat: t,
+                entries: 0,
+                runnable: 2,
+            });
+            if t < 5 {
+                assert_eq!(found, None, "tick {t}");
+            }
+        }
+        assert_eq!(found, Some(Hang::NoEntry { runnable: 2 }));
+        assert_eq!((w.stale, w.no_entry, w.longest_no_entry), (0, 5, 5));
+    }
+
+    #[test]
+    fn idle_vms_are_owed_no_entry() {
+        let mut w = Watchdog::new(0, 0, 3, 5);
+        for t in 1..100 {
+            assert_eq!(w.tick(beat(t, 0)), None, "every VM waits: tick {t}");
+        }
+        assert_eq!(w.longest_no_entry, 0);
+        // Four ticks runnable, one idle, four runnable: never five in a row.
+        for t in 100..200 {
+            let runnable = u32::from(t % 5 != 0);
+            assert_eq!(w.tick(beat(t, runnable)), None, "tick {t}");
+        }
+        assert_eq!(w.longest_no_entry, 4);
+    }
+
+    #[test]
+    fn entries_and_guest_ticks_are_progress() {
+        let mut w = Watchdog::new(0, 0, 3, 5);
+        for t in 1..100u64 {
+            // An entry every fourth tick keeps the count below 5.
+            let b = Beat {
+                heartbeat: t,
+                entries: t / 4,
+                runnable: 3,
+            };
+            assert_eq!(w.tick(b), None, "tick {t}");
+        }
+        assert_eq!(w.longest_no_entry, 3);
+        for t in 100..104u64 {
+            assert_eq!(w.tick(beat(t, 3)), None);
+        }
+        w.progress(104, 0);
+        assert_eq!(w.no_entry, 0, "an NMI exit: a VM was running");
+        for t in 105..109u64 {
+            assert_eq!(w.tick(beat(t, 3)), None);
+        }
+        assert_eq!(w.tick(beat(109, 3)), Some(Hang::NoEntry { runnable: 3 }));
+    }
+
+    #[test]
+    fn no_progress_is_reported_before_no_entry() {
+        let mut w = Watchdog::new(0, 0, 3, 3);
+        assert_eq!(w.tick(beat(0, 1)), None);
+        assert_eq!(w.tick(beat(0, 1)), None);
+        assert_eq!(w.tick(beat(0, 1)), Some(Hang::NoProgress));
+    }
+
+    #[test]
+    fn the_vm_table_is_read_for_runnable_states() {
+        use crate::arena::{VmRecord, VmState, MAX_VMS};
+        let mut table = std::boxed::Box::new([VmRecord::EMPTY; MAX_VMS]);
+        assert_eq!(vm_table::runnable(table.as_ptr() as u64), 0);
+        for (slot, state) in [
+            (0, VmState::Runnable),
+            (3, VmState::Waiting),
+            (7, VmState::Runnable),
+            (MAX_VMS - 1, VmState::Runnable),
+            (9, VmState::Stopped),
+        ] {
+            table[slot].set_state(state);
+        }
+        assert_eq!(vm_table::runnable(table.as_ptr() as u64), 3);
     }
 
     #[test]
     fn messages() {
+        assert_eq!(Hang::NoProgress.to_string(), "no progress for 200 ms");
+        assert_eq!(
+            Hang::NoEntry { runnable: 3 }.to_string(),
+            "no VM entry for 500 ms while 3 VMs are runnable"
+        );
+        assert_eq!(
+            Hang::NoEntry { runnable: 1 }.to_string(),
+            "no VM entry for 500 ms while 1 VM is runnable"
+        );
+        let stats = Stats {
+            armed: true,
+            longest_stale: 2,
+            longest_no_entry: 3,
+            host_ticks: 40,
+            guest_ticks: 1234,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "watchdog: tick=50ms hang=200ms no_entry=500ms longest_stale=100ms longest_no_entry=150ms host_ticks=40 guest_ticks=1234"
+        );
+        assert_eq!(
+            Stats {
+                armed: false,
+                ..stats
+            }
+            .to_string(),
+            "watchdog: not armed"
+        );
         assert_eq!(
             WatchdogError::NoIoApicFor { gsi: 2 }.to_string(),
             "no I/O APIC receives GSI 2 (the PIT's IRQ 0)"
@@ -365,12 +768,19 @@ mod tests {
     }
 
     #[test]
-    fn pet_advances_this_cpus_heartbeat() {
-        let before = HEARTBEAT[0].load(Ordering::Relaxed);
+    fn pets_advance_this_cpus_counters() {
+        let cpu = &CPUS[0];
+        let (h, e) = (
+            cpu.heartbeat.load(Ordering::Relaxed),
+            cpu.entries.load(Ordering::Relaxed),
+        );
         pet();
         pet();
-        assert_eq!(HEARTBEAT[0].load(Ordering::Relaxed), before.wrapping_add(2));
+        vm_entered();
+        pet_long_work();
+        assert_eq!(cpu.heartbeat.load(Ordering::Relaxed), h.wrapping_add(3));
+        assert_eq!(cpu.entries.load(Ordering::Relaxed), e.wrapping_add(2));
         // Not armed in tests: host NMIs are ignored.
-        assert!(!on_host_nmi(0x1234));
+        assert_eq!(on_host_nmi(0x1234), None);
     }
 }

@@ -351,6 +351,12 @@ extern "C" fn continue_failure(failure: *const core::ffi::c_void, depth: u32) ->
             // fault broke. Say so with a fixed line (no formatting involved).
             root.recovery.append_report(unformatted_report(cause));
         }
+        if let Some(d) =
+            hypervisor::triggers::fired_before(failure::detected_at(), root.boot.tsc_hz)
+        {
+            // Tests and scripts/bench-watchdog only (a trigger needs triggers=on).
+            let _ = writeln!(root.recovery, "{d}");
+        }
         if header_restored {
             root.recovery.append_report(HEADER_RESTORED);
         }

@@ -394,6 +394,19 @@ impl Machine {
     pub fn transcript(&self) -> &str {
         &self.seen
     }
+
+    /// The emulator's process id (for a panic hook that must stop it: binaries built
+    /// with `panic = "abort"` run no destructor).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The number of a `key=N` word in `text` (a `vm stats` reply, a `recovery` line...).
+pub fn key_number(text: &str, key: &str) -> Option<u64> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
 }
 
 impl Drop for Machine {
@@ -682,6 +695,186 @@ pub mod fuzz {
         match v.strip_prefix("0x") {
             Some(hex) => u64::from_str_radix(hex, 16).ok(),
             None => v.parse().ok(),
+        }
+    }
+}
+
+/// The `recovery N: ...` line (README, "Recovery").
+pub mod recovery {
+    use std::collections::HashMap;
+
+    use crate::Regex;
+
+    /// One `recovery` line, parsed: its number, cause and every `key=N` field.
+    #[derive(Clone, Debug)]
+    pub struct Line {
+        pub line: String,
+        pub number: u64,
+        pub cause: String,
+        pub fields: HashMap<String, u64>,
+    }
+
+    impl Line {
+        /// A numeric field (`latency`, `attempts`, `stopped`, ...); panics if absent.
+        pub fn get(&self, field: &str) -> u64 {
+            self.fields[field]
+        }
+    }
+
+    /// The pattern of a recovery line (any number).
+    pub const PATTERN: &str = r"^\[lazarus\] INFO  recovery \d+: cause=";
+
+    /// Parses a recovery line as the console shows it.
+    pub fn parse(line: &str) -> Option<Line> {
+        let re = Regex::new(
+            r"^(?:\[lazarus\] INFO  )?recovery (\d+): cause=(\S+) attempts=\d+ latency=\d+ failpath=\d+ boot=\d+ repair=\d+ entry=\d+ locks=\d+ exits=\d+ committed=\d+ runnable=\d+ ept=\d+ ept_rebuilt=\d+ vmcs=\d+ interrupts=\d+ timers=\d+ devices=\d+ stopped=\d+$",
+        )
+        .unwrap();
+        let c = re.captures(line)?;
+        let fields = line
+            .split(' ')
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect();
+        Some(Line {
+            line: line.to_string(),
+            number: c[1].parse().ok()?,
+            cause: c[2].to_string(),
+            fields,
+        })
+    }
+}
+
+/// The hang watchdog's lines (README, "Hang watchdog" and "Console lines"): the boot
+/// line, the two hang reports, the report's detection line after a trigger, and the
+/// `watchdog` command's reply.
+pub mod watchdog {
+    use crate::Regex;
+
+    /// The watchdog line every Bochs boot prints (the Bochs BIOS's MADT overrides IRQ 0
+    /// to GSI 2, and Bochs wires the PIT to I/O APIC pin 2).
+    pub const BOCHS_LINE: &str = "[lazarus] INFO  watchdog: NMI every 50 ms from the PIT via IO-APIC pin 2, hang after 200 ms without progress or 500 ms without a VM entry while a VM is runnable";
+
+    /// The first line of a "no progress" hang report (a regex over the whole line).
+    pub const NO_PROGRESS: &str =
+        r"^\[lazarus\] ERROR hypervisor failure: hang: no progress for \d+ ms \(rip=0x[0-9a-f]+\)$";
+
+    /// The first line of a "no VM entry" hang report (a regex over the whole line).
+    pub const NO_ENTRY: &str = r"^\[lazarus\] ERROR hypervisor failure: hang: no VM entry for \d+ ms while \d+ VMs? (?:is|are) runnable \(rip=0x[0-9a-f]+\)$";
+
+    /// Either hang report's first line after `hypervisor failure: ` (a regex).
+    pub const HANG_TAIL: &str = r"hang: (?:no progress for \d+ ms|no VM entry for \d+ ms while \d+ VMs? (?:is|are) runnable) \(rip=0x[0-9a-f]+\)$";
+
+    /// Either hang report's first line (a regex).
+    pub const ANY_HANG: &str =
+        r"^\[lazarus\] ERROR hypervisor failure: hang: (?:no progress|no VM entry) ";
+
+    /// A hang report's first line, parsed.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct HangReport {
+        /// `None` for "no progress"; the runnable VMs for "no VM entry".
+        pub runnable: Option<u32>,
+        /// The limit the line names, in ms.
+        pub ms: u64,
+        pub rip: u64,
+    }
+
+    /// Parses a hang report's first line.
+    pub fn hang_report(line: &str) -> Option<HangReport> {
+        let re = Regex::new(r"^\[lazarus\] ERROR hypervisor failure: hang: (?:no progress for (\d+) ms|no VM entry for (\d+) ms while (\d+) VMs? (?:is|are) runnable) \(rip=0x([0-9a-f]+)\)$").unwrap();
+        let c = re.captures(line)?;
+        let ms = c.get(1).or(c.get(2))?.as_str().parse().ok()?;
+        Some(HangReport {
+            runnable: c.get(3).and_then(|m| m.as_str().parse().ok()),
+            ms,
+            rip: u64::from_str_radix(&c[4], 16).ok()?,
+        })
+    }
+
+    /// The report line after a trigger a detector finds (`hang`, `deadlock`,
+    /// `no-entry`): `trigger: 'KIND' was detected N cycles (M.M ms) after it fired`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Detected {
+        pub trigger: String,
+        pub cycles: u64,
+        pub ms: f64,
+    }
+
+    /// Parses a detection line.
+    pub fn detected(line: &str) -> Option<Detected> {
+        let re = Regex::new(r"^\[lazarus\] ERROR trigger: '([a-z-]+)' was detected (\d+) cycles \((\d+\.\d) ms\) after it fired$").unwrap();
+        let c = re.captures(line)?;
+        Some(Detected {
+            trigger: c[1].to_string(),
+            cycles: c[2].parse().ok()?,
+            ms: c[3].parse().ok()?,
+        })
+    }
+
+    /// The `watchdog` command's reply, parsed.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Stats {
+        pub tick_ms: u64,
+        pub hang_ms: u64,
+        pub no_entry_ms: u64,
+        pub longest_stale_ms: u64,
+        pub longest_no_entry_ms: u64,
+        pub host_ticks: u64,
+        pub guest_ticks: u64,
+    }
+
+    /// Parses the reply of `watchdog` (one line; None for `watchdog: not armed`).
+    pub fn stats(reply: &str) -> Option<Stats> {
+        let re = Regex::new(r"(?m)^watchdog: tick=(\d+)ms hang=(\d+)ms no_entry=(\d+)ms longest_stale=(\d+)ms longest_no_entry=(\d+)ms host_ticks=(\d+) guest_ticks=(\d+)$").unwrap();
+        let c = re.captures(reply)?;
+        let n = |i: usize| c[i].parse::<u64>().ok();
+        Some(Stats {
+            tick_ms: n(1)?,
+            hang_ms: n(2)?,
+            no_entry_ms: n(3)?,
+            longest_stale_ms: n(4)?,
+            longest_no_entry_ms: n(5)?,
+            host_ticks: n(6)?,
+            guest_ticks: n(7)?,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lines_parse() {
+            let r = hang_report("[lazarus] ERROR hypervisor failure: hang: no VM entry for 500 ms while 2 VMs are runnable (rip=0x20a1b2)").unwrap();
+            assert_eq!((r.runnable, r.ms, r.rip), (Some(2), 500, 0x20a1b2));
+            let r = hang_report("[lazarus] ERROR hypervisor failure: hang: no VM entry for 500 ms while 1 VM is runnable (rip=0x1)").unwrap();
+            assert_eq!(r.runnable, Some(1));
+            let r = hang_report(
+                "[lazarus] ERROR hypervisor failure: hang: no progress for 200 ms (rip=0xff)",
+            )
+            .unwrap();
+            assert_eq!((r.runnable, r.ms, r.rip), (None, 200, 0xff));
+            let any = Regex::new(ANY_HANG).unwrap();
+            for line in [
+                "[lazarus] ERROR hypervisor failure: hang: no progress for 200 ms (rip=0xff)",
+                "[lazarus] ERROR hypervisor failure: hang: no VM entry for 500 ms while 3 VMs are runnable (rip=0x2)",
+            ] {
+                assert!(any.is_match(line));
+            }
+            let d = detected("[lazarus] ERROR trigger: 'no-entry' was detected 26000000 cycles (520.0 ms) after it fired").unwrap();
+            assert_eq!(
+                (d.trigger.as_str(), d.cycles, d.ms),
+                ("no-entry", 26000000, 520.0)
+            );
+            let s = stats("watchdog: tick=50ms hang=200ms no_entry=500ms longest_stale=100ms longest_no_entry=150ms host_ticks=40 guest_ticks=1234\n").unwrap();
+            assert_eq!(
+                (s.hang_ms, s.longest_no_entry_ms, s.guest_ticks),
+                (200, 150, 1234)
+            );
+            assert_eq!(stats("watchdog: not armed\n"), None);
+            let tail = Regex::new(HANG_TAIL).unwrap();
+            assert!(tail.is_match("hang: no progress for 200 ms (rip=0xff)"));
+            assert!(tail.is_match("hang: no VM entry for 500 ms while 1 VM is runnable (rip=0xff)"));
         }
     }
 }

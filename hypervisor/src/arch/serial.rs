@@ -74,6 +74,23 @@ fn put_unlocked(byte: u8) {
     }
 }
 
+/// Sends `bytes`, waiting for room in the UART as needed, and pets the watchdog's
+/// heartbeat whenever the UART takes some: at 115200 baud a reply of a few KiB takes a
+/// good part of a second, and bytes leaving are progress (a UART that never takes any is
+/// not, and stays a hang).
+fn send(uart: &mut Uart16550<PioBackend>, bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = uart.send_bytes(rest);
+        if n == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
+        rest = &rest[n..];
+        crate::watchdog::pet();
+    }
+}
+
 /// Writes text, translating `\n` into `\r\n`.
 pub fn write_str(s: &str) {
     let mut serial = SERIAL.lock();
@@ -81,10 +98,10 @@ pub fn write_str(s: &str) {
         for chunk in s.split_inclusive('\n') {
             match chunk.strip_suffix('\n') {
                 Some(line) => {
-                    uart.send_bytes_exact(line.as_bytes());
-                    uart.send_bytes_exact(b"\r\n");
+                    send(uart, line.as_bytes());
+                    send(uart, b"\r\n");
                 }
-                None => uart.send_bytes_exact(chunk.as_bytes()),
+                None => send(uart, chunk.as_bytes()),
             }
         }
     }
@@ -109,7 +126,7 @@ pub fn write_line(line: &str) {
         prompt_len,
     } = &mut *serial;
     if let Some(uart) = uart.as_mut() {
-        uart.send_bytes_exact(&prompt[..*prompt_len]);
+        send(uart, &prompt[..*prompt_len]);
     }
 }
 
@@ -128,7 +145,7 @@ pub fn set_prompt_line(parts: &[&[u8]]) {
 /// Writes raw bytes (no newline translation): echo of typed characters.
 pub fn write_bytes(bytes: &[u8]) {
     if let Some(uart) = SERIAL.lock().uart.as_mut() {
-        uart.send_bytes_exact(bytes);
+        send(uart, bytes);
     }
 }
 

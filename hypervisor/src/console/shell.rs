@@ -23,6 +23,8 @@ pub enum Command<'a> {
     Trigger(Trigger, Option<&'a str>),
     /// `recovery`: the recoveries so far.
     Recovery,
+    /// `watchdog`: the hang watchdog's limits and what it saw.
+    Watchdog,
     /// `inject TYPE SEED`: arm the fault injector.
     Inject(crate::inject::FaultType, u64),
     VmList,
@@ -99,9 +101,12 @@ commands:
   log [LEVEL]     show or set the log level (off, error, warn, info, debug, trace)
   trigger KIND    make the hypervisor fail on purpose (needs triggers=on): panic pf gp ud
                   de bp vmcs-host mid-exit mid-commit recovery-fail hang deadlock code-flip
-                  arena-header exit-flip stack-overflow boot-record mid-create mid-reset;
+                  arena-header exit-flip stack-overflow boot-record mid-create mid-reset
+                  no-entry;
                   trigger corrupt-vm NAME; trigger bad-entry NAME...
   recovery        the recoveries so far: one `recovery` line each
+  watchdog        the hang watchdog's limits, and the longest it has seen without
+                  progress and without a VM entry
   inject TYPE SEED
                   arm one fault injection (needs inject=on): failstop register code data
                   hang lock; SEED (decimal) fixes where and what
@@ -140,6 +145,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
         "cpu" => no_args("cpu", Command::Cpu),
         "shutdown" => no_args("shutdown", Command::Shutdown),
         "recovery" => no_args("recovery", Command::Recovery),
+        "watchdog" => no_args("watchdog", Command::Watchdog),
         "inject" => {
             let usage = ShellError::MissingArgument {
                 command: "inject",
@@ -168,7 +174,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ShellError<'_>> {
             None => Err(ShellError::MissingArgument {
                 command: "trigger",
                 expected:
-                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset",
+                    "one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset no-entry",
             }),
             Some(kind) => match Trigger::from_name(kind) {
                 Some(t) if t.takes_vm_list() => {
@@ -285,6 +291,7 @@ pub fn execute(cmd: Command<'_>, machine: &mut dyn Machine, out: &mut dyn Write)
             writeln!(out, "log level: {}", level_name(level))
         }
         Command::Recovery => machine.recovery(out),
+        Command::Watchdog => writeln!(out, "{}", crate::watchdog::Stats::now()),
         Command::Inject(kind, seed) => {
             machine.inject(crate::inject::Plan::from_seed(kind, seed), out)
         }
@@ -449,11 +456,11 @@ mod tests {
         );
         assert_eq!(
             run("trigger", &mut m),
-            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset)\n"
+            "error: trigger: missing argument (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset no-entry)\n"
         );
         assert_eq!(
             run("trigger boom", &mut m),
-            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset)\n"
+            "error: trigger: unknown kind 'boom' (one of: panic pf gp ud de bp vmcs-host mid-exit recovery-fail corrupt-vm hang deadlock mid-commit code-flip arena-header bad-entry exit-flip stack-overflow boot-record mid-create mid-reset no-entry)\n"
         );
     }
 
@@ -517,6 +524,16 @@ mod tests {
         assert!(m.shut_down);
         assert_eq!(run("log warn", &mut m), "log level: warn\n");
         assert_eq!(run("log", &mut m), "log level: warn\n");
+        // Not armed in unit tests.
+        assert_eq!(run("watchdog", &mut m), "watchdog: not armed\n");
+        assert!(help.contains("watchdog        the hang watchdog's limits"));
+        assert_eq!(
+            parse("watchdog now"),
+            Err(ShellError::UnexpectedArgument {
+                command: "watchdog",
+                argument: "now"
+            })
+        );
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub fn on_debug(frame: &mut ExceptionFrame) -> bool {
     let left = STEPS_LEFT.load(Ordering::Relaxed);
     if left > 0 {
         STEPS_LEFT.store(left - 1, Ordering::Relaxed);
+        // A stepped instruction is progress: up to 20000 of them, each a #DB costing
+        // hundreds of instructions, could otherwise look like a hang to the watchdog's
+        // 200 ms. Bounded: the stepping ends at the fault, before its effect.
+        crate::watchdog::pet();
         return true;
     }
     STEPPING.store(false, Ordering::SeqCst);

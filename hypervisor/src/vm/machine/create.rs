@@ -297,7 +297,7 @@ impl Vms {
             }
             vm.vcpu.regs.rdi = abi::START_INFO_GPA;
         }
-        crate::watchdog::pet();
+        crate::watchdog::pet_long_work();
         write_guest_tables(&mut ram, vm);
         vm.vcpu.journal = arena::Journal::default();
         vm.vcpu.xcr0 = 1;
@@ -371,12 +371,15 @@ fn record_for(plan: &VmPlan, id: u32, ram: Range, entry: u64) -> VmRecord {
     vm
 }
 
-/// Zeroes a VM's RAM in 1 MiB pieces, petting the watchdog after each: all of it at once
-/// (up to 8 GiB; 128 MiB takes seconds in Bochs) could outlast the watchdog's second.
+/// Zeroes a VM's RAM in 1 MiB pieces, telling the watchdog after each: all of it at once
+/// (up to 8 GiB; 128 MiB takes seconds in Bochs) would outlast both of its limits. Each
+/// piece is long work that legitimately keeps the VMs waiting
+/// ([`crate::watchdog::pet_long_work`]), not only a heartbeat: other VMs may be runnable
+/// meanwhile (`vm create`, `vm reset`, a guest's reboot), and they are not entered.
 fn zero_petting(bytes: &mut [u8]) {
     for piece in bytes.chunks_mut(1 << 20) {
         piece.fill(0);
-        crate::watchdog::pet();
+        crate::watchdog::pet_long_work();
     }
 }
 

@@ -73,6 +73,8 @@ impl Vms {
     /// The transient state over an arena `root` (fresh or adopted): nothing current,
     /// nothing scheduled yet.
     fn over(root: &'static mut ArenaRoot, caps: Caps, modules: &[Range], epoch: u64) -> Vms {
+        // The watchdog's no-entry check reads the VM states from here.
+        crate::watchdog::watch_vms(&root.vms);
         Vms {
             root,
             caps,

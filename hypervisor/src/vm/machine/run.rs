@@ -21,6 +21,11 @@ impl Vms {
             log::warn!("{line}");
         }
         crate::watchdog::pet();
+        if crate::triggers::no_entry() {
+            // Trigger `no-entry`: the loop goes on (the heartbeat, the console) but never
+            // enters a VM again, until the watchdog sees it.
+            return false;
+        }
         let now = rdtsc();
         let slot = match self.current {
             Some(s)
@@ -63,6 +68,7 @@ impl Vms {
         self.root.running = slot as u32 + 1;
         let vm = &mut self.root.vms[slot];
         let entered = rdtsc();
+        crate::watchdog::vm_entered();
         crate::inject::machine::before_entry();
         // SAFETY: this VM's VMCS is current (switch_to / reset_guest) and fully set up; its
         // registers live in the arena record, which nothing else touches while it runs.
