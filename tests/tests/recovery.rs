@@ -38,38 +38,8 @@ const TRIGGERS: [(&str, &str); 10] = [
     ("bp", "exception#BP"),
 ];
 
-/// One `recovery` line, parsed.
-struct Recovery {
-    line: String,
-    number: u64,
-    cause: String,
-    fields: HashMap<String, u64>,
-}
-
-impl Recovery {
-    fn parse(line: &str) -> Option<Recovery> {
-        let re = Regex::new(
-            r"^(?:\[lazarus\] INFO  )?recovery (\d+): cause=(\S+) attempts=\d+ latency=\d+ failpath=\d+ boot=\d+ repair=\d+ entry=\d+ locks=\d+ exits=\d+ committed=\d+ runnable=\d+ ept=\d+ ept_rebuilt=\d+ vmcs=\d+ interrupts=\d+ timers=\d+ devices=\d+ stopped=\d+$",
-        )
-        .unwrap();
-        let c = re.captures(line)?;
-        let fields = line
-            .split(' ')
-            .filter_map(|w| w.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            .collect();
-        Some(Recovery {
-            line: line.to_string(),
-            number: c[1].parse().unwrap(),
-            cause: c[2].to_string(),
-            fields,
-        })
-    }
-
-    fn get(&self, field: &str) -> u64 {
-        self.fields[field]
-    }
-}
+/// One `recovery` line, parsed (the harness's one parser for it).
+type Recovery = lazarus_tests::recovery::Line;
 
 /// Types `trigger KIND` and waits for the recovery it causes: the trigger's own line
 /// (`firing`, or `armed` for those that fire later), the failure report, then the
@@ -126,7 +96,8 @@ fn fire(m: &mut Machine, kind: &str, cause: &str, number: u64) -> Recovery {
         r"^\[lazarus\] ERROR (?:halted|hypervisor failure)",
         RECOVERY,
     );
-    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed recovery line: {line}"));
+    let r = lazarus_tests::recovery::parse(&line)
+        .unwrap_or_else(|| panic!("malformed recovery line: {line}"));
     assert_eq!(r.number, number, "{line}");
     assert_eq!(r.cause, cause, "trigger {kind}: {line}");
     assert_eq!(
@@ -149,7 +120,8 @@ fn first_recovery(m: &mut Machine, cause: &str) -> Recovery {
         r"^\[lazarus\] ERROR (?:halted|hypervisor failure)",
         RECOVERY,
     );
-    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    let first =
+        lazarus_tests::recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
     assert_eq!(
         (first.get("attempts"), first.get("stopped")),
         (1, 0),
@@ -199,7 +171,8 @@ fn recovery_command(m: &mut Machine, printed: &[Recovery]) {
     let lines: Vec<&str> = reply.lines().collect();
     assert_eq!(lines.len(), printed.len() + 1, "{reply}");
     for (i, (listed, seen)) in lines.iter().zip(printed).enumerate() {
-        let listed = Recovery::parse(listed).unwrap_or_else(|| panic!("malformed: {listed}"));
+        let listed =
+            lazarus_tests::recovery::parse(listed).unwrap_or_else(|| panic!("malformed: {listed}"));
         assert_eq!(listed.number, i as u64 + 1, "{reply}");
         assert_eq!(
             listed.line,
@@ -291,7 +264,8 @@ fn a_failed_recovery_is_retried_and_a_corrupt_vm_is_stopped_alone() {
     );
     m.expect_line(r"^\[lazarus\] ERROR recovery attempt 1 failed:", RECOVERY);
     let line = m.expect_line(r"^\[lazarus\] INFO  recovery \d+: ", RECOVERY);
-    let first = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    let first =
+        lazarus_tests::recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
     assert_eq!(
         (
             first.number,
@@ -465,7 +439,7 @@ fn the_third_attempt_stops_the_vm_whose_exit_was_in_flight_and_a_fourth_halts() 
         RECOVERY,
     );
     let line = m.expect_line(r"^\[lazarus\] INFO  recovery 1: ", RECOVERY);
-    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    let r = lazarus_tests::recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
     assert_eq!(
         (r.get("attempts"), r.get("stopped"), r.get("runnable")),
         (3, 1, 1),
@@ -530,7 +504,7 @@ fn a_flipped_bit_in_code_that_never_runs_is_found_by_the_image_scrub() {
         RECOVERY,
     );
     let line = m.expect_line(r"^\[lazarus\] INFO  recovery 1: cause=image ", RECOVERY);
-    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    let r = lazarus_tests::recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
     assert_eq!((r.get("attempts"), r.get("stopped")), (1, 0), "{line}");
     // The restored image is whole again: no second report, and the VMs count on.
     let last = checked_sequences(&m);
@@ -566,7 +540,7 @@ fn the_image_scrub_goes_on_while_every_vm_waits() {
         RECOVERY,
     );
     let line = m.expect_line(r"^\[lazarus\] INFO  recovery 1: cause=image ", RECOVERY);
-    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    let r = lazarus_tests::recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
     assert_eq!((r.get("attempts"), r.get("stopped")), (1, 0), "{line}");
     // No VM exit paced it: the VM's exit count had stopped.
     let exits = |list: &str| {
@@ -744,7 +718,9 @@ fn a_vm_that_breaks_every_vm_entry_is_stopped_after_three_failures() {
             halted,
             RECOVERY,
         );
-        lines.push(Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}")));
+        lines.push(
+            lazarus_tests::recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}")),
+        );
     }
     let got: Vec<(u64, u64)> = lines
         .iter()
@@ -825,7 +801,7 @@ fn two_vms_that_break_every_vm_entry_are_both_stopped_without_a_halt() {
         halted,
         RECOVERY,
     );
-    let r = Recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
+    let r = lazarus_tests::recovery::parse(&line).unwrap_or_else(|| panic!("malformed: {line}"));
     assert_eq!(
         (r.get("attempts"), r.get("stopped"), r.get("runnable")),
         (6, 2, 1),
