@@ -309,6 +309,16 @@ fn results_path(out: &Path) -> PathBuf {
 
 fn run_campaign(plan: Plan) -> ExitCode {
     fs::create_dir_all(&plan.out).expect("create the output directory");
+    // Two runners in one directory would run the same seeds twice and record both: the
+    // lock, held until this process ends, keeps the second one out.
+    let lock = fs::File::create(plan.out.join(".lock")).expect("create the lock file");
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "lazarus: error: another scripts/fuzz is running in {}",
+            plan.out.display()
+        );
+        return ExitCode::from(2);
+    }
     let done: HashSet<String> = fs::read_to_string(results_path(&plan.out))
         .unwrap_or_default()
         .lines()
