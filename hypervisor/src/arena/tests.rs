@@ -3,10 +3,11 @@ use std::boxed::Box;
 use std::format;
 use std::vec::Vec;
 
-const BASE: u64 = 0x1f60_0000;
-const SIZE: u64 = 8 << 20;
+pub(super) const BASE: u64 = 0x1f60_0000;
+pub(super) const SIZE: u64 = 8 << 20;
 
-fn arena() -> Box<ArenaRoot> {
+/// A fresh arena root on the heap, laid out at [`BASE`] with [`SIZE`] bytes.
+pub(super) fn arena() -> Box<ArenaRoot> {
     // SAFETY: every field of ArenaRoot is an integer, an array of integers or an atomic,
     // for which all-zero bytes are a valid value.
     let mut root = unsafe { Box::<ArenaRoot>::new_zeroed().assume_init() };

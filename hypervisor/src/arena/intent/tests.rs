@@ -1,17 +1,7 @@
 use super::*;
 use crate::arena::{ArenaError, PageError};
-use std::boxed::Box;
 
-const BASE: u64 = 0x1f60_0000;
-const SIZE: u64 = 8 << 20;
-
-fn arena() -> Box<ArenaRoot> {
-    // SAFETY: every field of ArenaRoot is an integer, an array of integers or an atomic,
-    // for which all-zero bytes are a valid value.
-    let mut root = unsafe { Box::<ArenaRoot>::new_zeroed().assume_init() };
-    root.init(BASE, SIZE).unwrap();
-    root
-}
+use crate::arena::tests::{arena, BASE, SIZE};
 
 /// A live VM made the way `vm create` makes one, through the intent.
 fn create(root: &mut ArenaRoot, name: &str, ram_start: u64, tables: usize) -> usize {
